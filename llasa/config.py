@@ -1,0 +1,147 @@
+"""Every setting of the service, read from the environment (and `.env`) in one place.
+
+Nothing here runs at import: `Settings()` reads the environment when `main.py` (or a test) builds it, and the
+result is passed down to every component. `.env.example` lists the same variables; `tests/test_config.py`
+keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The service's configuration. Each field's name, upper-cased, is its environment variable."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    # --- network -------------------------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    """Address the three servers bind to (0.0.0.0 = every interface; 127.0.0.1 = this machine only)."""
+    ui_port: int = Field(7860, ge=1, le=65535)
+    """Port of the Gradio web UI."""
+    api_port: int = Field(7861, ge=1, le=65535)
+    """Port of the Flask REST API (Swagger UI at /apidocs)."""
+    mcp_port: int = Field(7862, ge=1, le=65535)
+    """Port of the MCP server (streamable HTTP at /mcp)."""
+    public_base_url: str = ""
+    """Base URL clients use to reach the REST API, for download links (empty = http://<host>:<API_PORT>)."""
+    api_key: str = ""
+    """When set, every REST route but /health and /ready, and the MCP HTTP transport, require
+    `Authorization: Bearer <API_KEY>` (empty = no authentication)."""
+    gradio_auth: str = ""
+    """`user:password` protecting the web UI (empty = open)."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Logging level of the whole process."""
+
+    # --- models --------------------------------------------------------------------------------------------
+    llasa_model: str = "HKUSTAudio/Llasa-8B"
+    """Llasa checkpoint: a hub id (HKUSTAudio/Llasa-1B, -3B, -8B) or a local folder."""
+    xcodec2_model: str = "HKUSTAudio/xcodec2-hf"
+    """XCodec2 checkpoint in transformers' native format: a hub id or a local folder."""
+    whisper_model: str = "large-v3-turbo"
+    """faster-whisper model: a size name (tiny, base, small, medium, large-v3, large-v3-turbo), a hub id of a
+    CTranslate2 conversion, or a local CTranslate2 folder."""
+    whisper_compute_type: str = "auto"
+    """CTranslate2 compute type for faster-whisper (auto = float16 on CUDA, int8 on CPU)."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """Where the models run: auto = the first visible CUDA device if there is one, else the CPU."""
+    hf_token: str = ""
+    """Hugging Face token for gated or private checkpoints (empty = anonymous)."""
+    hf_endpoint: str = ""
+    """Alternative Hugging Face endpoint, e.g. a mirror (empty = the default hub)."""
+    hf_home: str = ""
+    """Hugging Face cache folder where downloaded weights are kept (empty = huggingface_hub's default)."""
+    nvidia_visible_devices: str = ""
+    """GPU(s) the container may see; docker-compose passes it to the NVIDIA runtime (start.sh picks one)."""
+
+    # --- GPU manager ---------------------------------------------------------------------------------------
+    gpu_offload_after_use: bool = True
+    """Move a model to CPU RAM as soon as its last request ends, freeing the GPU for other services."""
+    gpu_idle_timeout: float = Field(600.0, ge=-1)
+    """Seconds a model may sit idle on the GPU before it is offloaded to CPU RAM, when GPU_OFFLOAD_AFTER_USE is
+    false (0 = at once, -1 = never)."""
+    model_evict_timeout: float = Field(1800.0, ge=-1)
+    """Seconds a model may sit idle in CPU RAM before it is released altogether (0 = at once, -1 = never)."""
+    gpu_memory_headroom_mb: int = Field(1024, ge=0)
+    """VRAM kept free beyond a model's size when deciding whether it fits (MiB)."""
+    gpu_wait_timeout: float = Field(300.0, gt=0)
+    """Seconds a request waits for the GPU (another synthesis running) before it fails with 503 Busy."""
+    gpu_monitor_interval: float = Field(5.0, gt=0)
+    """Seconds between two passes of the idle monitor that applies the two timeouts above."""
+
+    # --- synthesis -----------------------------------------------------------------------------------------
+    max_reference_seconds: float = Field(15.0, gt=0)
+    """Reference audio longer than this is trimmed (seconds; Llasa was trained with prompts up to 15 s)."""
+    min_reference_seconds: float = Field(0.5, gt=0)
+    """Reference audio shorter than this is refused (seconds)."""
+    max_text_chars: int = Field(5000, ge=1)
+    """Longest text one request may synthesise (characters); longer text is refused with 400."""
+    max_audio_seconds: float = Field(30.0, gt=0)
+    """Default upper bound on the audio generated for one text chunk (seconds; a request may lower it)."""
+    crossfade_ms: int = Field(40, ge=0)
+    """Crossfade between consecutive chunks of a long text (milliseconds)."""
+    default_temperature: float = Field(0.8, gt=0)
+    """Sampling temperature used when a request gives none (the model card's 0.8)."""
+    default_top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling threshold used when a request gives none (1.0 = off, the model card's)."""
+    default_top_k: int = Field(50, ge=0)
+    """Top-k sampling used when a request gives none (0 = off)."""
+    default_repetition_penalty: float = Field(1.0, gt=0)
+    """Repetition penalty used when a request gives none (1.0 = off)."""
+
+    # --- requests, files -----------------------------------------------------------------------------------
+    max_upload_mb: float = Field(50.0, gt=0)
+    """Largest accepted upload (MiB); bigger requests get 413."""
+    max_queue: int = Field(16, ge=0)
+    """Requests that may wait for the GPU while one synthesis runs; more are refused with 429."""
+    output_dir: Path = Path("outputs")
+    """Folder for generated audio served under /api/outputs/<id>."""
+    output_ttl_hours: float = Field(24.0, gt=0)
+    """Generated files (and finished jobs) older than this are deleted (hours)."""
+    temp_dir: Path = Path("temp")
+    """Folder for temporary uploads."""
+    voices_dir: Path = Path("voices")
+    """Folder of the saved-voice library, shared by the UI, REST and MCP."""
+    mcp_allowed_dirs: str = ""
+    """Comma-separated folders the MCP tools may read audio files from (empty = OUTPUT_DIR, TEMP_DIR and
+    VOICES_DIR only)."""
+    mcp_audio_return: Literal["path", "inline", "both"] = "path"
+    """What generate_speech returns over MCP: the saved file's path and URL, the audio itself, or both."""
+    mcp_inline_max_seconds: float = Field(60.0, ge=0)
+    """Longest audio returned inline as MCP audio content (seconds)."""
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def api_base_url(self) -> str:
+        """Where clients reach the REST API (for download links)."""
+        if self.public_base_url:
+            return self.public_base_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.api_port}"
+
+    @property
+    def allowed_dirs(self) -> list[Path]:
+        """Resolved folders MCP tools may read from."""
+        raw = [part.strip() for part in self.mcp_allowed_dirs.split(",") if part.strip()]
+        folders = [Path(p) for p in raw] if raw else [self.output_dir, self.temp_dir, self.voices_dir]
+        return [folder.expanduser().resolve() for folder in folders]
