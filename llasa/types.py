@@ -95,6 +95,8 @@ class SynthesisResult:
     """True when the reference was longer than MAX_REFERENCE_SECONDS and was cut to it."""
     seed: int | None = None
     voice: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    """Things the caller should know, e.g. that the reference was trimmed and re-transcribed."""
 
     @property
     def duration_s(self) -> float:
@@ -120,6 +122,7 @@ class SynthesisResult:
             "real_time_factor": round(self.real_time_factor, 4),
             "seed": self.seed,
             "voice": self.voice,
+            "warnings": list(self.warnings),
         }
 
 

@@ -1,0 +1,93 @@
+"""Generated audio files kept for download under OUTPUT_DIR, deleted after OUTPUT_TTL_HOURS.
+
+An output id is `<32 hex>.<extension>`; anything else is refused before the disk is touched, so an id can never
+name a file outside the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from llasa.errors import NotFound
+
+logger = logging.getLogger(__name__)
+
+#: File extension for each output format (opus travels in an Ogg container).
+FORMAT_EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "ogg", "aac": "aac", "pcm": "pcm"}
+_OUTPUT_ID = re.compile(r"^[0-9a-f]{32}\.(wav|flac|mp3|ogg|aac|pcm)$")
+
+
+@dataclass
+class SavedOutput:
+    id: str
+    path: Path
+    url: str
+    format: str
+    mime_type: str
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "path": str(self.path),
+            "url": self.url,
+            "format": self.format,
+            "mime_type": self.mime_type,
+            "size_bytes": self.size_bytes,
+        }
+
+
+class OutputStore:
+    def __init__(self, root: Path, *, ttl_hours: float, base_url: str) -> None:
+        self.root = Path(root)
+        self.ttl_s = ttl_hours * 3600
+        self.base_url = base_url
+
+    def save(self, data: bytes, fmt: str, mime_type: str) -> SavedOutput:
+        self.root.mkdir(parents=True, exist_ok=True)
+        output_id = f"{uuid.uuid4().hex}.{FORMAT_EXTENSIONS[fmt]}"
+        path = self.root / output_id
+        staging = self.root / f".{output_id}.part"
+        staging.write_bytes(data)
+        os.replace(staging, path)
+        return SavedOutput(
+            id=output_id,
+            path=path.resolve(),
+            url=f"{self.base_url}/api/outputs/{output_id}",
+            format=fmt,
+            mime_type=mime_type,
+            size_bytes=len(data),
+        )
+
+    def path_for(self, output_id: str) -> Path:
+        if not isinstance(output_id, str) or not _OUTPUT_ID.match(output_id):
+            raise NotFound(f"no output with id {str(output_id)[:80]!r}; ids look like '<32 hex digits>.wav'")
+        path = self.root / output_id
+        if not path.is_file():
+            raise NotFound(f"output {output_id} does not exist or has expired (outputs are kept for a while only)")
+        return path.resolve()
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Delete outputs older than the TTL; return how many went."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = (time.time() if now is None else now) - self.ttl_s
+        removed = 0
+        for path in self.root.iterdir():
+            if not (_OUTPUT_ID.match(path.name) or path.name.endswith(".part")):
+                continue
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            logger.info("deleted %d expired outputs from %s", removed, self.root)
+        return removed

@@ -1,0 +1,567 @@
+"""TTSService: the one seam every front end calls (UI, REST, MCP).
+
+A synthesis follows DESIGN.md section 1: prepare the reference (decode, mono, 16 kHz, trim, normalise), get its
+transcript (given, a saved voice's, or faster-whisper's), encode it with XCodec2, split the text into chunks that
+fit Llasa's 2048-token context, generate speech codes per chunk conditioned on the same reference, decode
+reference + new codes together and cut the reference's samples off the front, join the chunks with a crossfade.
+
+Every piece of GPU work runs inside the manager's `gpu_slot()` (one job on the card at a time, a bounded queue
+shared by all front ends) and touches models only through `manager.use(name)` leases, so the GPU manager can
+offload or release them between requests but never under one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llasa import __version__
+from llasa.audio import (
+    AUDIO_FORMATS,
+    PreparedReference,
+    StreamJoiner,
+    crossfade_join,
+    encode_audio,
+    load_audio,
+    prepare_reference,
+)
+from llasa.config import Settings
+from llasa.errors import Cancelled, GenerationFailed, InvalidInput, VoiceExists
+from llasa.outputs import OutputStore, SavedOutput
+from llasa.text import chunk_text, estimate_speech_codes, normalize_text
+from llasa.types import (
+    CODES_PER_SECOND,
+    MAX_SEED,
+    SAMPLE_RATE,
+    SAMPLES_PER_CODE,
+    AudioPiece,
+    AudioSource,
+    GenerationParams,
+    ProgressCallback,
+    SynthesisResult,
+    TranscriptionResult,
+)
+from llasa.voices import VoiceInfo, VoiceLibrary
+
+logger = logging.getLogger(__name__)
+
+LLASA, XCODEC2, WHISPER = "llasa", "xcodec2", "whisper"
+MIN_CHUNK_CODES = 2 * CODES_PER_SECOND
+"""A reference that leaves room for less than this much new speech per chunk is refused."""
+_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$|^yue$|^haw$")
+
+
+@dataclass
+class _ResolvedParams:
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    max_audio_seconds: float
+    seed: int
+
+
+@dataclass
+class _Reference:
+    """The conditioning of every chunk: transcript + codes (both empty without a reference)."""
+
+    text: str = ""
+    codes: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    trimmed: bool = False
+    voice: str | None = None
+
+
+@dataclass
+class _Plan:
+    """A synthesis ready to run: what the caller asked, resolved and validated before the GPU queue."""
+
+    text: str
+    params: _ResolvedParams
+    language: str | None
+    prepared: PreparedReference | None = None
+    reference_text: str | None = None
+    voice: VoiceInfo | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class TTSService:
+    """Synthesis, transcription, the voice library, outputs and GPU control for all front ends."""
+
+    def __init__(self, settings: Settings, manager: Any | None = None) -> None:
+        from gpu_manager import MultiModelGPUManager
+        from llasa.models import register_models
+
+        self.settings = settings
+        self.manager = manager if manager is not None else MultiModelGPUManager(settings)
+        register_models(self.manager, settings)
+        self.voices = VoiceLibrary(settings.voices_dir)
+        self.outputs = OutputStore(
+            settings.output_dir, ttl_hours=settings.output_ttl_hours, base_url=settings.api_base_url
+        )
+        for folder in (settings.output_dir, settings.temp_dir, settings.voices_dir):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+
+    # --- synthesis -----------------------------------------------------------------------------------------
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        reference_audio: AudioSource | None = None,
+        reference_text: str | None = None,
+        voice: str | None = None,
+        language: str | None = None,
+        params: GenerationParams | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> SynthesisResult:
+        """Speak `text` in the voice of `reference_audio` (or of the saved `voice`, or the model's own voice).
+
+        `reference_text` is the reference's transcript; without it faster-whisper transcribes the reference
+        (in `language`, or detected). Raises an `llasa.errors.TTSError` subclass for anything the caller can fix.
+        """
+        started = time.perf_counter()
+        plan = self._plan(text, reference_audio, reference_text, voice, language, params)
+        timings = {"transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
+        pieces: list[np.ndarray] = []
+        num_codes = 0
+        with self.manager.gpu_slot():
+            reference, chunks = self._prepare_run(plan, timings, progress)
+            for chunk_audio, chunk_codes in self._run_chunks(plan, reference, chunks, timings, progress, cancel):
+                pieces.append(chunk_audio)
+                num_codes += chunk_codes
+        audio = crossfade_join(pieces, self._crossfade_samples)
+        timings["total"] = time.perf_counter() - started
+        result = SynthesisResult(
+            audio=audio,
+            sample_rate=SAMPLE_RATE,
+            num_codes=num_codes,
+            reference_text=reference.text,
+            chunks=len(chunks),
+            timings_s=timings,
+            reference_seconds=reference.seconds,
+            reference_trimmed=reference.trimmed,
+            seed=plan.params.seed,
+            voice=reference.voice,
+            warnings=plan.warnings,
+        )
+        logger.info(
+            "synthesized %.2f s of audio in %.2f s (%d chunks, %d codes, seed %d)",
+            result.duration_s,
+            timings["total"],
+            result.chunks,
+            num_codes,
+            plan.params.seed,
+        )
+        return result
+
+    def synthesize_stream(
+        self,
+        text: str,
+        *,
+        reference_audio: AudioSource | None = None,
+        reference_text: str | None = None,
+        voice: str | None = None,
+        language: str | None = None,
+        params: GenerationParams | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[AudioPiece]:
+        """Like synthesize(), but yields audio as each text chunk is done.
+
+        The pieces, concatenated, equal synthesize()'s audio for the same seed (the crossfade tail of a chunk is
+        held back until the next one arrives). The arguments are validated before the first piece, so a bad
+        request fails when this is called, not while the response streams. Closing the iterator early stops the
+        generation and frees the GPU.
+        """
+        plan = self._plan(text, reference_audio, reference_text, voice, language, params)
+        return self._stream(plan, progress, cancel)
+
+    def _stream(
+        self, plan: _Plan, progress: ProgressCallback | None, cancel: threading.Event | None
+    ) -> Iterator[AudioPiece]:
+        timings = {"transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
+        joiner = StreamJoiner(self._crossfade_samples)
+        with self.manager.gpu_slot():
+            reference, chunks = self._prepare_run(plan, timings, progress)
+            runner = self._run_chunks(plan, reference, chunks, timings, progress, cancel)
+            for index, (chunk_audio, _codes) in enumerate(runner):
+                ready = joiner.push(chunk_audio)
+                yield AudioPiece(audio=ready, chunk_index=index, chunks_total=len(chunks))
+        yield AudioPiece(audio=joiner.finish(), chunk_index=len(chunks) - 1, chunks_total=len(chunks), final=True)
+
+    @property
+    def _crossfade_samples(self) -> int:
+        return int(SAMPLE_RATE * self.settings.crossfade_ms / 1000)
+
+    def _plan(
+        self,
+        text: str,
+        reference_audio: AudioSource | None,
+        reference_text: str | None,
+        voice: str | None,
+        language: str | None,
+        params: GenerationParams | None,
+    ) -> _Plan:
+        """Validate everything that can be checked without a model, so bad requests never wait in the queue."""
+        if not isinstance(text, str):
+            raise InvalidInput(f"text must be a string, got {type(text).__name__}", field="text")
+        cleaned = normalize_text(text)
+        if not cleaned:
+            raise InvalidInput("text is empty; give the words to speak", field="text")
+        if len(cleaned) > self.settings.max_text_chars:
+            raise InvalidInput(
+                f"text is {len(cleaned)} characters long; the limit is {self.settings.max_text_chars} "
+                "(MAX_TEXT_CHARS); split it into several requests",
+                field="text",
+            )
+        plan = _Plan(text=cleaned, params=self._resolve_params(params), language=self._check_language(language))
+        if reference_text is not None and not isinstance(reference_text, str):
+            raise InvalidInput("reference_text must be a string", field="reference_text")
+        reference_text = normalize_text(reference_text) if reference_text else None
+        if voice is not None and not isinstance(voice, str):
+            raise InvalidInput("voice must be the name of a saved voice", field="voice")
+        voice = voice.strip() if voice and voice.strip() else None
+        if voice and reference_audio is not None:
+            raise InvalidInput("give either a saved voice or reference_audio, not both", field="voice")
+        if voice:
+            if reference_text:
+                raise InvalidInput(
+                    "reference_text cannot be combined with a saved voice (the voice has its own transcript; "
+                    "edit it by saving the voice again)",
+                    field="reference_text",
+                )
+            plan.voice = self.voices.get(voice)
+        elif reference_audio is not None:
+            plan.prepared = prepare_reference(
+                reference_audio,
+                max_seconds=self.settings.max_reference_seconds,
+                min_seconds=self.settings.min_reference_seconds,
+                max_bytes=self.settings.max_upload_bytes,
+            )
+            plan.reference_text = reference_text
+            if plan.prepared.trimmed:
+                notice = (
+                    f"the reference audio was {plan.prepared.original_seconds:.1f} s long and was trimmed to "
+                    f"{len(plan.prepared.samples) / SAMPLE_RATE:.1f} s (MAX_REFERENCE_SECONDS)"
+                )
+                if reference_text:
+                    # The transcript must match the audio the model hears, and a given transcript covers the
+                    # whole clip: transcribe the part that is kept instead.
+                    notice += "; its transcript was redone for the part that was kept"
+                    plan.reference_text = None
+                plan.warnings.append(notice)
+        elif reference_text:
+            raise InvalidInput(
+                "reference_text was given without reference_audio; add the audio it transcribes, or drop it",
+                field="reference_text",
+            )
+        return plan
+
+    def _resolve_params(self, params: GenerationParams | None) -> _ResolvedParams:
+        params = params or GenerationParams()
+        params.validate()
+        s = self.settings
+        seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
+        return _ResolvedParams(
+            temperature=float(params.temperature if params.temperature is not None else s.default_temperature),
+            top_p=float(params.top_p if params.top_p is not None else s.default_top_p),
+            top_k=int(params.top_k if params.top_k is not None else s.default_top_k),
+            repetition_penalty=float(
+                params.repetition_penalty if params.repetition_penalty is not None else s.default_repetition_penalty
+            ),
+            max_audio_seconds=float(
+                params.max_audio_seconds if params.max_audio_seconds is not None else s.max_audio_seconds
+            ),
+            seed=int(seed),
+        )
+
+    @staticmethod
+    def _check_language(language: str | None) -> str | None:
+        if language is None:
+            return None
+        if not isinstance(language, str):
+            raise InvalidInput("language must be a code such as 'en' or 'zh'", field="language")
+        code = language.strip().lower()
+        if code in ("", "auto"):
+            return None
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if code not in _LANGUAGE_CODES:
+            raise InvalidInput(
+                f"language {language!r} is not one Whisper knows; use a code such as 'en', 'zh', 'ja' or 'auto'",
+                field="language",
+            )
+        return code
+
+    def _prepare_run(
+        self, plan: _Plan, timings: dict[str, float], progress: ProgressCallback | None
+    ) -> tuple[_Reference, list[str]]:
+        """Transcribe and encode the reference, then split the text by the token budget it leaves."""
+        reference = _Reference()
+        if plan.voice is not None:
+            reference = _Reference(
+                text=plan.voice.transcript,
+                codes=self._voice_codes(plan.voice, timings),
+                seconds=plan.voice.duration_s,
+                voice=plan.voice.name,
+            )
+        elif plan.prepared is not None:
+            samples = plan.prepared.samples
+            transcript = plan.reference_text
+            if not transcript:
+                _notify(progress, 0, 1, "transcribe")
+                t0 = time.perf_counter()
+                transcript = self._transcribe_samples(samples, plan.language).text
+                timings["transcribe"] = time.perf_counter() - t0
+                if not normalize_text(transcript):
+                    raise InvalidInput(
+                        "no speech was recognised in the reference audio; give its transcript in reference_text, "
+                        "or use a clearer recording",
+                        field="reference_text",
+                    )
+            _notify(progress, 0, 1, "encode")
+            t0 = time.perf_counter()
+            with self.manager.use(XCODEC2) as codec:
+                codes = codec.encode(samples)
+            timings["encode"] = time.perf_counter() - t0
+            reference = _Reference(
+                text=normalize_text(transcript),
+                codes=list(codes),
+                seconds=len(samples) / SAMPLE_RATE,
+                trimmed=plan.prepared.trimmed,
+            )
+        chunks = self._split_text(plan, reference)
+        return reference, chunks
+
+    def _voice_codes(self, voice: VoiceInfo, timings: dict[str, float]) -> list[int]:
+        if voice.codes and voice.codec_model == self.settings.xcodec2_model:
+            return voice.codes
+        # Saved with another codec checkpoint: its codes mean nothing to this one. Re-encode once and keep them.
+        t0 = time.perf_counter()
+        samples = self.voices.load_reference(voice.name)
+        with self.manager.use(XCODEC2) as codec:
+            codes = list(codec.encode(samples))
+        timings["encode"] = time.perf_counter() - t0
+        self.voices.update_codes(voice.name, codes, codec_model=self.settings.xcodec2_model)
+        logger.info("voice %r re-encoded for codec %s", voice.name, self.settings.xcodec2_model)
+        return codes
+
+    def _split_text(self, plan: _Plan, reference: _Reference) -> list[str]:
+        from llasa.models import LLASA_CONTEXT_TOKENS
+
+        with self.manager.use(LLASA) as llasa:
+            overhead = len(llasa.build_prompt_ids("", reference.text or None, reference.codes))
+            # What is left of the context for one chunk's text tokens plus its new speech codes (+ the end token).
+            room = LLASA_CONTEXT_TOKENS - overhead - 1
+            max_codes = int(plan.params.max_audio_seconds * CODES_PER_SECOND)
+            if room < MIN_CHUNK_CODES:
+                raise InvalidInput(
+                    f"the reference ({reference.seconds:.1f} s of audio and its transcript) fills "
+                    f"{overhead} of the model's {LLASA_CONTEXT_TOKENS} tokens and leaves no room to speak; "
+                    "use a shorter reference clip or a shorter transcript",
+                    field="reference_audio",
+                )
+
+            def cost(chunk: str) -> int:
+                return llasa.count_text_tokens(" " + chunk) + estimate_speech_codes(chunk)
+
+            return chunk_text(plan.text, cost=cost, budget=min(room, max_codes + 64))
+
+    def _run_chunks(
+        self,
+        plan: _Plan,
+        reference: _Reference,
+        chunks: list[str],
+        timings: dict[str, float],
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> Iterator[tuple[np.ndarray, int]]:
+        """Generate and decode each chunk in turn; yield (16 kHz audio, number of new codes) per chunk."""
+        from llasa.models import LLASA_CONTEXT_TOKENS
+
+        params = plan.params
+        max_codes = int(params.max_audio_seconds * CODES_PER_SECOND)
+        cut = len(reference.codes) * SAMPLES_PER_CODE
+
+        def should_stop() -> bool:
+            return cancel is not None and cancel.is_set()
+
+        # Both leases are held for the whole request so the codec and Llasa are not moved between chunks.
+        with ExitStack() as leases:
+            codec = leases.enter_context(self.manager.use(XCODEC2))
+            llasa = leases.enter_context(self.manager.use(LLASA))
+            for index, chunk in enumerate(chunks):
+                if should_stop():
+                    raise Cancelled("the synthesis was cancelled")
+                _notify(progress, index, len(chunks), "generate")
+                prompt_ids = llasa.build_prompt_ids(chunk, reference.text or None, reference.codes)
+                max_new = min(max_codes, LLASA_CONTEXT_TOKENS - len(prompt_ids) - 1)
+                t0 = time.perf_counter()
+                codes = llasa.generate_codes(
+                    prompt_ids,
+                    max_new_tokens=max_new,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    repetition_penalty=params.repetition_penalty,
+                    seed=(params.seed + index) % (MAX_SEED + 1),
+                    should_stop=should_stop,
+                )
+                timings["generate"] += time.perf_counter() - t0
+                if should_stop():
+                    raise Cancelled("the synthesis was cancelled")
+                if not codes:
+                    raise GenerationFailed(
+                        f"the model produced no speech for chunk {index + 1} of {len(chunks)}; "
+                        "try again with another seed or a lower temperature"
+                    )
+                _notify(progress, index, len(chunks), "decode")
+                t0 = time.perf_counter()
+                # Decoding the reference and the new codes together gives a smoother start; the reference's
+                # own samples are then cut off exactly.
+                audio = codec.decode([*reference.codes, *codes])[cut:]
+                timings["decode"] += time.perf_counter() - t0
+                _notify(progress, index + 1, len(chunks), "chunk_done")
+                yield np.asarray(audio, dtype=np.float32), len(codes)
+
+    # --- transcription -------------------------------------------------------------------------------------
+
+    def transcribe(self, audio: AudioSource, *, language: str | None = None) -> TranscriptionResult:
+        """Transcribe speech with faster-whisper (voice-activity filter on). Silence gives empty text."""
+        code = self._check_language(language)
+        samples = load_audio(audio, sample_rate=SAMPLE_RATE, max_bytes=self.settings.max_upload_bytes)
+        with self.manager.gpu_slot():
+            return self._transcribe_samples(samples, code)
+
+    def _transcribe_samples(self, samples: np.ndarray, language: str | None) -> TranscriptionResult:
+        with self.manager.use(WHISPER) as whisper:
+            return whisper.transcribe(samples, language)
+
+    # --- voices --------------------------------------------------------------------------------------------
+
+    def list_voices(self) -> list[VoiceInfo]:
+        return self.voices.list()
+
+    def get_voice(self, name: str) -> VoiceInfo:
+        return self.voices.get(name)
+
+    def voice_audio_path(self, name: str) -> Path:
+        return self.voices.reference_path(name)
+
+    def create_voice(
+        self, name: str, audio: AudioSource, transcript: str | None = None, *, overwrite: bool = False
+    ) -> VoiceInfo:
+        """Save a reference as a named voice: trimmed 16 kHz audio, its transcript (given or transcribed), codes."""
+        from llasa.voices import validate_voice_name
+
+        name = validate_voice_name(name)
+        if not overwrite and any(v.name == name for v in self.voices.list()):
+            # Checked again atomically when saving; this early check only spares the caller the GPU work.
+            raise VoiceExists(
+                f"a voice named {name!r} already exists; delete it first or choose another name", field="name"
+            )
+        if transcript is not None and not isinstance(transcript, str):
+            raise InvalidInput("transcript must be a string", field="transcript")
+        prepared = prepare_reference(
+            audio,
+            max_seconds=self.settings.max_reference_seconds,
+            min_seconds=self.settings.min_reference_seconds,
+            max_bytes=self.settings.max_upload_bytes,
+        )
+        given = normalize_text(transcript) if transcript else ""
+        with self.manager.gpu_slot():
+            if not given or prepared.trimmed:
+                given = normalize_text(self._transcribe_samples(prepared.samples, None).text)
+                if not given:
+                    raise InvalidInput(
+                        "no speech was recognised in the audio; give its transcript, or use a clearer recording",
+                        field="transcript",
+                    )
+            with self.manager.use(XCODEC2) as codec:
+                codes = list(codec.encode(prepared.samples))
+        return self.voices.save(
+            name, prepared.samples, given, codes, codec_model=self.settings.xcodec2_model, overwrite=overwrite
+        )
+
+    def delete_voice(self, name: str) -> None:
+        self.voices.delete(name)
+
+    # --- outputs -------------------------------------------------------------------------------------------
+
+    def save_output(self, result: SynthesisResult, fmt: str = "wav", *, sample_rate: int | None = None) -> SavedOutput:
+        """Encode a result and keep it under OUTPUT_DIR for download."""
+        if fmt not in AUDIO_FORMATS:
+            raise InvalidInput(
+                f"format {fmt!r} is not supported; use one of {', '.join(AUDIO_FORMATS)}", field="format"
+            )
+        data = encode_audio(result.audio, result.sample_rate, fmt, target_sample_rate=sample_rate)
+        return self.outputs.save(data, fmt, AUDIO_FORMATS[fmt])
+
+    def output_path(self, output_id: str) -> Path:
+        return self.outputs.path_for(output_id)
+
+    def cleanup_outputs(self) -> int:
+        return self.outputs.cleanup()
+
+    # --- GPU control and status ----------------------------------------------------------------------------
+
+    def gpu_status(self) -> dict[str, Any]:
+        return self.manager.status()
+
+    def offload(self, name: str | None = None) -> dict[str, Any]:
+        return self.manager.offload(name)
+
+    def release(self, name: str | None = None) -> dict[str, Any]:
+        return self.manager.release(name)
+
+    def set_timeouts(
+        self,
+        *,
+        idle_timeout_s: float | None = None,
+        evict_timeout_s: float | None = None,
+        offload_after_use: bool | None = None,
+    ) -> dict[str, Any]:
+        return self.manager.set_timeouts(
+            idle_timeout_s=idle_timeout_s,
+            evict_timeout_s=evict_timeout_s,
+            offload_after_use=offload_after_use,
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        return int(self.manager.queue_depth)
+
+    def health(self) -> dict[str, Any]:
+        status = self.manager.status()
+        return {
+            "status": "ok",
+            "version": __version__,
+            "device": self.manager.device,
+            "models": {name: info.get("state") for name, info in status.get("models", {}).items()},
+        }
+
+    def shutdown(self) -> None:
+        """Release every model (RAM and VRAM come back)."""
+        self.manager.shutdown()
+
+
+def _notify(progress: ProgressCallback | None, done: int, total: int, stage: str) -> None:
+    if progress is None:
+        return
+    try:
+        progress(done, total, stage)
+    except Exception:
+        # A broken progress listener (a closed browser tab, a gone MCP client) must not kill the synthesis.
+        logger.debug("progress callback failed", exc_info=True)
