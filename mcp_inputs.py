@@ -1,0 +1,166 @@
+"""Audio inputs of the MCP tools: a file path inside the allowed folders, or base64 data.
+
+An MCP client is often a language model acting for someone else, so a path it sends is untrusted: it is resolved
+(symlinks followed) and must land inside `settings.allowed_dirs`; `..` components are refused outright, before
+anything touches the disk. The file is read here, once, from its resolved location, and the bytes go to the
+service, so nothing later re-opens a path that could have been swapped for a link. Sizes are bounded by
+MAX_UPLOAD_MB for both kinds of input, before anything big is read or decoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path, PurePath
+
+from llasa.errors import InvalidInput, PathNotAllowed, PayloadTooLarge
+
+# data:[<mime type>][;param=value]*;base64,<data>
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def read_audio_input(
+    path: str | None,
+    data_base64: str | None,
+    *,
+    allowed_dirs: list[Path],
+    max_bytes: int,
+    path_field: str,
+    base64_field: str,
+    required: bool = True,
+) -> bytes | None:
+    """Return the bytes of exactly one of `path` / `data_base64`, or None when neither is given and not required.
+
+    `path_field` / `base64_field` are the tool's argument names, used in error messages so the caller knows
+    which argument to fix.
+    """
+    has_path = path is not None and path.strip() != ""
+    has_data = data_base64 is not None and data_base64.strip() != ""
+    if has_path and has_data:
+        raise InvalidInput(f"give either {path_field} or {base64_field}, not both", field=path_field)
+    if has_path:
+        assert path is not None
+        return read_allowed_file(path, allowed_dirs=allowed_dirs, max_bytes=max_bytes, field=path_field)
+    if has_data:
+        assert data_base64 is not None
+        return decode_base64_audio(data_base64, max_bytes=max_bytes, field=base64_field)
+    if required:
+        raise InvalidInput(
+            f"no audio given; pass {path_field} (a file inside {_describe(allowed_dirs)}) or {base64_field} "
+            "(the file's bytes, base64-encoded)",
+            field=path_field,
+        )
+    return None
+
+
+def resolve_allowed_path(raw: str, *, allowed_dirs: list[Path], field: str = "path") -> Path:
+    """Resolve `raw` to an existing regular file inside one of `allowed_dirs`, or raise a TTSError saying why not.
+
+    Absolute paths (and `~`) are resolved as given; a relative path is looked up in each allowed folder in turn.
+    Symlinks are followed, and it is the target that must be inside an allowed folder.
+    """
+    text = raw.strip()
+    if "\x00" in text:
+        raise InvalidInput(f"{field} contains a NUL character", field=field)
+    given = Path(text).expanduser()
+    if ".." in PurePath(text).parts:
+        raise PathNotAllowed(
+            f"{field} {text!r} contains '..'; give a path inside {_describe(allowed_dirs)} without '..'",
+            field=field,
+        )
+    candidates = [given] if given.is_absolute() else [folder / given for folder in allowed_dirs]
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve(strict=True)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
+            raise InvalidInput(f"{field} {text!r} cannot be resolved: {e}", field=field) from e
+        if not any(resolved.is_relative_to(folder) for folder in allowed_dirs):
+            where = f" (it leads to {resolved})" if resolved != candidate else ""
+            raise PathNotAllowed(
+                f"{field} {text!r} is outside the folders this server may read{where}; put the file in "
+                f"{_describe(allowed_dirs)} (MCP_ALLOWED_DIRS) or send its bytes as base64",
+                field=field,
+            )
+        if not resolved.is_file():
+            raise InvalidInput(f"{field} {text!r} is not a regular file", field=field)
+        return resolved
+    if given.is_absolute() and not any(given.is_relative_to(folder) for folder in allowed_dirs):
+        # Do not confirm or deny that a file exists outside the sandbox.
+        raise PathNotAllowed(
+            f"{field} {text!r} is outside the folders this server may read; put the file in "
+            f"{_describe(allowed_dirs)} (MCP_ALLOWED_DIRS) or send its bytes as base64",
+            field=field,
+        )
+    raise InvalidInput(
+        f"{field} {text!r} does not exist; relative paths are looked up in {_describe(allowed_dirs)}", field=field
+    )
+
+
+def read_allowed_file(raw: str, *, allowed_dirs: list[Path], max_bytes: int, field: str = "path") -> bytes:
+    """Read a file that `resolve_allowed_path` accepts, refusing it if it is bigger than `max_bytes`."""
+    path = resolve_allowed_path(raw, allowed_dirs=allowed_dirs, field=field)
+    with path.open("rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"{field} {raw.strip()!r} is larger than the {_mib(max_bytes)} limit (MAX_UPLOAD_MB); "
+            "use a shorter or compressed recording",
+            field=field,
+        )
+    if not data:
+        raise InvalidInput(f"{field} {raw.strip()!r} is an empty file", field=field)
+    return data
+
+
+def decode_base64_audio(text: str, *, max_bytes: int, field: str = "audio_base64") -> bytes:
+    """Decode base64 audio, with or without a `data:audio/...;base64,` prefix; bounded by `max_bytes`."""
+    payload = text.strip()
+    match = _DATA_URL.match(payload)
+    if match:
+        if not match.group("b64"):
+            raise InvalidInput(f"{field} is a data: URL without ';base64'; encode the audio as base64", field=field)
+        payload = payload[match.end() :]
+    elif payload.startswith("data:"):
+        raise InvalidInput(
+            f"{field} starts with 'data:' but is not a valid data URL; use 'data:audio/wav;base64,<data>' or "
+            "the bare base64 text",
+            field=field,
+        )
+    payload = _WHITESPACE.sub("", payload)
+    # Four base64 characters carry three bytes: refuse oversized input before decoding it.
+    if len(payload) // 4 * 3 > max_bytes + 3:
+        raise PayloadTooLarge(
+            f"{field} holds about {_mib(len(payload) // 4 * 3)} of audio; the limit is {_mib(max_bytes)} "
+            "(MAX_UPLOAD_MB)",
+            field=field,
+        )
+    if "-" in payload or "_" in payload:
+        payload = payload.replace("-", "+").replace("_", "/")  # the URL-safe alphabet
+    payload += "=" * (-len(payload) % 4)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput(
+            f"{field} is not valid base64 ({e}); send the audio file's bytes base64-encoded", field=field
+        ) from e
+    if not data:
+        raise InvalidInput(f"{field} is empty; send the audio file's bytes base64-encoded", field=field)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"{field} holds {_mib(len(data))} of audio; the limit is {_mib(max_bytes)} (MAX_UPLOAD_MB)", field=field
+        )
+    return data
+
+
+def _describe(folders: list[Path]) -> str:
+    if not folders:
+        return "no folder (MCP_ALLOWED_DIRS is empty)"
+    return ", ".join(str(folder) for folder in folders)
+
+
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / (1024 * 1024):.1f} MiB"
