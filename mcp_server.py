@@ -139,11 +139,16 @@ def _tool_errors(tool: str) -> Iterator[None]:
     except ToolError:
         raise
     except TTSError as e:
-        logger.info("%s refused (%s): %s", tool, e.code, e.message)
-        raise ToolError(e.message) from e
+        # The caller's mistake (4xx) is routine; a busy or broken server (5xx) is worth a warning.
+        level = logging.INFO if e.status_code < 500 else logging.WARNING
+        logger.log(level, "%s refused (%s): %s", tool, e.code, e.message)
+        # FastMCP logs every ToolError again; ours above already says what happened.
+        raise ToolError(e.message, log_level=logging.DEBUG) from e
     except Exception as e:
         logger.exception("%s failed unexpectedly", tool)
-        raise ToolError(f"{tool} failed because of an internal error; the server log has the details") from e
+        raise ToolError(
+            f"{tool} failed because of an internal error; the server log has the details", log_level=logging.DEBUG
+        ) from e
 
 
 def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
