@@ -1,0 +1,320 @@
+"""Helpers shared by the REST front end's modules: request decoding, response headers, disconnect detection.
+
+Nothing here imports torch or the models; it only turns HTTP requests into arguments for `TTSService` and
+its answers back into HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Request, request
+from werkzeug.datastructures import FileStorage
+
+from llasa.config import Settings
+from llasa.errors import InvalidInput, PayloadTooLarge, TTSError
+from llasa.types import GenerationParams, SynthesisResult
+
+logger = logging.getLogger(__name__)
+
+#: Output rates a caller may ask for (every encoder we ship accepts these).
+ALLOWED_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+GENERATION_FIELDS: dict[str, type] = {
+    "temperature": float,
+    "top_p": float,
+    "top_k": int,
+    "repetition_penalty": float,
+    "max_audio_seconds": float,
+    "seed": int,
+}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class UnsupportedMediaType(TTSError):
+    """A request body in a content type the route does not read (HTTP 415)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+def read_body(req: Request | None = None) -> tuple[dict[str, Any], dict[str, FileStorage]]:
+    """Return (fields, files) from a JSON, multipart or url-encoded body; an empty body gives empty dicts.
+
+    Raises UnsupportedMediaType for other content types and InvalidInput for JSON that does not parse or is
+    not an object.
+    """
+    req = req or request
+    mimetype = req.mimetype or ""
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        raw = req.get_data(cache=True)
+        if not raw.strip():
+            return {}, {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"the request body is not valid JSON ({e}); send a JSON object", field="body") from e
+        if not isinstance(body, dict):
+            raise InvalidInput('the JSON body must be an object such as {"text": "..."}', field="body")
+        return body, {}
+    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        fields = {key: req.form.get(key) for key in req.form}
+        return fields, {key: req.files[key] for key in req.files}
+    if not mimetype and not req.get_data(cache=True):
+        return {}, {}
+    raise UnsupportedMediaType(
+        f"content type {mimetype or 'none'!r} is not accepted here; send application/json or multipart/form-data"
+    )
+
+
+def parse_bool(value: object, field: str, *, default: bool = False) -> bool:
+    """Read a JSON boolean or a form/query string such as 'true' / '0'."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InvalidInput(f"{field} must be true or false, got {value!r}", field=field)
+
+
+def parse_number(value: object, field: str, kind: type = float) -> float | int | None:
+    """Read a JSON number or a numeric form string; None and "" mean 'not given'."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise InvalidInput(f"{field} must be a number, got a boolean", field=field)
+    try:
+        number = float(value) if not isinstance(value, int | float) else value
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"{field} must be a number, got {str(value)[:40]!r}", field=field) from e
+    if not math.isfinite(number):
+        raise InvalidInput(f"{field} must be a finite number, got {value!r}", field=field)
+    if kind is int:
+        if not float(number).is_integer():
+            raise InvalidInput(f"{field} must be a whole number, got {value!r}", field=field)
+        return int(number)
+    return float(number)
+
+
+def parse_text(value: object, field: str, *, required: bool = False) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise InvalidInput(f"{field} is missing; give it as a string", field=field)
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string, got {type(value).__name__}", field=field)
+    return value
+
+
+def parse_generation_params(fields: Mapping[str, Any]) -> GenerationParams:
+    """Build GenerationParams from request fields; the service validates ranges (and names the field)."""
+    values = {name: parse_number(fields.get(name), name, kind) for name, kind in GENERATION_FIELDS.items()}
+    params = GenerationParams(**values)
+    params.validate()
+    return params
+
+
+def parse_sample_rate(value: object, field: str = "sample_rate") -> int | None:
+    rate = parse_number(value, field, int)
+    if rate is None:
+        return None
+    if rate not in ALLOWED_SAMPLE_RATES:
+        allowed = ", ".join(str(r) for r in ALLOWED_SAMPLE_RATES)
+        raise InvalidInput(f"sample_rate {rate} is not supported; use one of {allowed}", field=field)
+    return int(rate)
+
+
+def decode_base64_audio(value: object, field: str, settings: Settings) -> bytes | None:
+    """Decode base64 audio from a JSON body (a bare string or a data: URL), enforcing MAX_UPLOAD_MB."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be base64 text (or a data: URL) in a JSON body", field=field)
+    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    # 4 base64 characters carry 3 bytes: refuse before decoding anything absurdly large.
+    if len(payload) * 3 // 4 > settings.max_upload_bytes:
+        raise PayloadTooLarge(
+            f"{field} is larger than the upload limit of {settings.max_upload_mb:g} MiB (MAX_UPLOAD_MB)", field=field
+        )
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput(f"{field} is not valid base64 ({e}); encode the file's bytes as base64", field=field) from e
+    if not data:
+        raise InvalidInput(f"{field} is empty; give the bytes of an audio file", field=field)
+    return data
+
+
+def read_upload(files: Mapping[str, FileStorage], field: str, *, required: bool = False) -> bytes | None:
+    """Read one uploaded file's bytes (Flask already refused bodies over MAX_CONTENT_LENGTH with 413)."""
+    upload = files.get(field)
+    if upload is None:
+        if required:
+            raise InvalidInput(f"{field} is missing; upload the audio file as multipart field {field!r}", field=field)
+        return None
+    data = upload.read()
+    if not data:
+        raise InvalidInput(f"the uploaded {field} is empty; choose a non-empty audio file", field=field)
+    return data
+
+
+def header_text(value: str) -> str:
+    """Percent-encode text for an HTTP header (headers are Latin-1; transcripts may be Chinese)."""
+    return urllib.parse.quote(value, safe=" ,.;:!?'-_()")
+
+
+def synthesis_headers(result: SynthesisResult, *, sample_rate: int, fmt: str) -> dict[str, str]:
+    """The facts of a synthesis as X- headers beside the audio body."""
+    facts = result.facts()
+    headers = {
+        "X-Audio-Duration-S": f"{result.duration_s:.3f}",
+        "X-Sample-Rate": str(sample_rate),
+        "X-Audio-Format": fmt,
+        "X-Num-Codes": str(result.num_codes),
+        "X-Chunks": str(result.chunks),
+        "X-Seed": "" if result.seed is None else str(result.seed),
+        "X-Voice": header_text(result.voice or ""),
+        "X-Reference-Text": header_text(result.reference_text),
+        "X-Reference-Seconds": f"{result.reference_seconds:.3f}",
+        "X-Reference-Trimmed": "true" if result.reference_trimmed else "false",
+        "X-Timings-S": json.dumps(facts["timings_s"], separators=(",", ":")),
+        "X-Real-Time-Factor": f"{result.real_time_factor:.4f}",
+    }
+    if result.warnings:
+        headers["X-Warnings"] = header_text(" | ".join(result.warnings))
+    return headers
+
+
+#: Headers a browser page may read from a cross-origin response (flask-cors `expose_headers`).
+EXPOSED_HEADERS = [
+    "X-Audio-Duration-S",
+    "X-Sample-Rate",
+    "X-Audio-Format",
+    "X-Num-Codes",
+    "X-Chunks",
+    "X-Seed",
+    "X-Voice",
+    "X-Reference-Text",
+    "X-Reference-Seconds",
+    "X-Reference-Trimmed",
+    "X-Timings-S",
+    "X-Real-Time-Factor",
+    "X-Warnings",
+    "X-Output-Id",
+    "Retry-After",
+    "Location",
+    "Content-Disposition",
+]
+
+
+def public_url(settings: Settings, path: str) -> str:
+    """An absolute URL for `path`: PUBLIC_BASE_URL when set, else the address this request came in on."""
+    if settings.public_base_url:
+        return settings.public_base_url + path
+    return request.host_url.rstrip("/") + path
+
+
+class DisconnectWatch:
+    """Sets `cancel` as soon as the HTTP client goes away, so its synthesis stops instead of running on.
+
+    waitress reports a closed connection through `environ["waitress.client_disconnected"]` when it runs with
+    `channel_request_lookahead > 0` (see `make_server`). Under another server the watch does nothing and a
+    stream stops at its next write instead (the response generator is closed).
+    """
+
+    def __init__(self, environ: Mapping[str, Any], cancel: threading.Event, *, interval_s: float = 0.2) -> None:
+        self._check = environ.get("waitress.client_disconnected")
+        self.cancel = cancel
+        self.interval_s = interval_s
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.disconnected = False
+
+    def start(self) -> DisconnectWatch:
+        if self._check is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="api-disconnect-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                gone = bool(self._check())
+            except Exception:
+                logger.debug("client_disconnected check failed", exc_info=True)
+                return
+            if gone:
+                self.disconnected = True
+                logger.info("client disconnected; cancelling its synthesis")
+                self.cancel.set()
+                return
+
+    def __enter__(self) -> DisconnectWatch:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class ApiContext:
+    """What every route needs: the service, the settings, the job runner and the metrics of one app."""
+
+    def __init__(self, service: Any, settings: Settings) -> None:
+        from api_jobs import JobRunner
+        from api_metrics import ApiMetrics
+
+        self.service = service
+        self.settings = settings
+        self.jobs = JobRunner(
+            service,
+            ttl_s=settings.output_ttl_hours * 3600,
+            max_unfinished=settings.max_queue + 1,
+            on_finish=self._job_finished,
+        )
+        self.metrics = ApiMetrics(service, self.jobs.counts)
+        self.shutting_down = False
+
+    def synthesize(self, endpoint: str, kwargs: Mapping[str, Any]) -> SynthesisResult:
+        """Run one synthesis for the current request; a client that disconnects cancels it."""
+        from llasa.errors import Cancelled
+
+        cancel = threading.Event()
+        try:
+            with DisconnectWatch(request.environ, cancel):
+                result = self.service.synthesize(**kwargs, cancel=cancel)
+        except Cancelled:
+            self.metrics.record_outcome(endpoint, "cancelled")
+            raise
+        except Exception:
+            self.metrics.record_outcome(endpoint, "error")
+            raise
+        self.record(endpoint, result)
+        return result
+
+    def record(self, endpoint: str, result: SynthesisResult) -> None:
+        self.metrics.record_synthesis(
+            endpoint,
+            seconds=result.timings_s.get("total", 0.0),
+            audio_s=result.duration_s,
+            rtf=result.real_time_factor,
+        )
+
+    def _job_finished(self, job: Any, result: SynthesisResult | None) -> None:
+        from api_jobs import JobState
+
+        if job.state is JobState.DONE and result is not None:
+            self.record("tts_job", result)
+        else:
+            self.metrics.record_outcome("tts_job", "cancelled" if job.state is JobState.CANCELLED else "error")

@@ -1,0 +1,922 @@
+"""REST API of the Llasa TTS service (port 7861): Flask app factory, waitress server, `python api_server.py`.
+
+`create_app(service, settings)` builds the app: the original endpoints (/health, /api/gpu/*, /api/transcribe,
+/api/tts with async jobs, /api/outputs), the OpenAI-compatible /v1 routes (api_openai.py), /metrics, Swagger
+docs at /apidocs (/apispec_1.json), CORS, bearer-key auth and one JSON error shape, `{"error": {"code",
+"message"}}`. Every route decodes the request, calls one `TTSService` method and encodes the answer; the GPU
+queue (one synthesis at a time, MAX_QUEUE waiters, 429) is the core's, shared with the UI and MCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+from flasgger import Swagger
+from flask import Flask, Response, g, jsonify, request, send_file
+from flask_cors import CORS
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from api_common import (
+    EXPOSED_HEADERS,
+    ApiContext,
+    decode_base64_audio,
+    parse_bool,
+    parse_generation_params,
+    parse_number,
+    parse_sample_rate,
+    parse_text,
+    public_url,
+    read_body,
+    read_upload,
+    synthesis_headers,
+)
+from llasa import __version__
+from llasa.audio import AUDIO_FORMATS, encode_audio
+from llasa.config import Settings
+from llasa.errors import Busy, InvalidInput, TTSError, Unauthorized
+from llasa.outputs import FORMAT_EXTENSIONS
+
+logger = logging.getLogger(__name__)
+
+#: Routes anyone may call even when API_KEY is set (load balancers and orchestrators probe them).
+OPEN_PATHS = frozenset({"/health", "/ready"})
+#: waitress worker threads: 16 concurrent clients waiting on the GPU queue, streams, jobs polling, docs.
+SERVER_THREADS = 32
+_EXTENSION_FORMATS = {ext: fmt for fmt, ext in FORMAT_EXTENSIONS.items()}
+_SNAKE = re.compile(r"[^a-z0-9]+")
+
+SWAGGER_DEFINITIONS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "stable machine-readable code, e.g. invalid_input"},
+                    "message": {"type": "string", "description": "what was wrong and what to do"},
+                    "field": {"type": "string", "description": "the offending parameter, when there is one"},
+                },
+            }
+        },
+    },
+    "SynthesisFacts": {
+        "type": "object",
+        "properties": {
+            "duration_s": {"type": "number"},
+            "sample_rate": {"type": "integer"},
+            "num_codes": {"type": "integer"},
+            "reference_text": {"type": "string"},
+            "reference_seconds": {"type": "number"},
+            "reference_trimmed": {"type": "boolean"},
+            "chunks": {"type": "integer"},
+            "timings_s": {"type": "object", "additionalProperties": {"type": "number"}},
+            "real_time_factor": {"type": "number"},
+            "seed": {"type": "integer"},
+            "voice": {"type": "string"},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Output": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "example": "0123456789abcdef0123456789abcdef.wav"},
+            "url": {"type": "string", "description": "download URL (GET /api/outputs/{output_id})"},
+            "format": {"type": "string"},
+            "mime_type": {"type": "string"},
+            "size_bytes": {"type": "integer"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+            "progress": {
+                "type": "object",
+                "properties": {
+                    "chunks_done": {"type": "integer"},
+                    "chunks_total": {"type": "integer"},
+                    "stage": {"type": "string"},
+                    "fraction": {"type": "number"},
+                },
+            },
+            "cancel_requested": {"type": "boolean"},
+            "created_at": {"type": "string"},
+            "started_at": {"type": "string"},
+            "finished_at": {"type": "string"},
+            "result": {"$ref": "#/definitions/SynthesisFacts"},
+            "output": {"$ref": "#/definitions/Output"},
+            "error": {"type": "object"},
+        },
+    },
+    "Transcription": {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string"},
+            "language": {"type": "string"},
+            "duration_s": {"type": "number"},
+            "segments": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "start_s": {"type": "number"},
+                        "end_s": {"type": "number"},
+                        "text": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "Voice": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"type": "string", "example": "voice"},
+            "name": {"type": "string"},
+            "transcript": {"type": "string"},
+            "duration_s": {"type": "number"},
+            "num_codes": {"type": "integer"},
+            "created_at": {"type": "string"},
+            "codec_model": {"type": "string"},
+        },
+    },
+}
+
+
+def _error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    return {"error": error}
+
+
+def _register_error_handlers(app: Flask, ctx: ApiContext) -> None:
+    settings = ctx.settings
+
+    @app.errorhandler(TTSError)
+    def _tts_error(error: TTSError) -> tuple[Response, int]:
+        g.error_code = error.code
+        response = jsonify(error.to_dict())
+        if isinstance(error, Busy):
+            response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+        if isinstance(error, Unauthorized):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="llasa-tts"'
+        if error.status_code >= 500:
+            logger.warning("%s %s -> %d %s: %s", request.method, request.path, error.status_code, error.code, error)
+        return response, error.status_code
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_error: RequestEntityTooLarge) -> tuple[Response, int]:
+        g.error_code = "payload_too_large"
+        message = (
+            f"the request body is larger than the upload limit of {settings.max_upload_mb:g} MiB (MAX_UPLOAD_MB); "
+            "send a shorter or more compressed audio file"
+        )
+        return jsonify(_error_body("payload_too_large", message)), 413
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> tuple[Response, int]:
+        status = error.code or 500
+        code = _SNAKE.sub("_", (error.name or "error").lower()).strip("_")
+        g.error_code = code
+        message = error.description or error.name
+        if status == 404:
+            message = f"no route {request.method} {request.path}; see /apidocs for the API"
+        elif status == 405:
+            allowed = ", ".join(sorted(error.valid_methods or [])) if hasattr(error, "valid_methods") else ""
+            message = f"{request.method} is not allowed on {request.path}" + (f"; use {allowed}" if allowed else "")
+        response = jsonify(_error_body(code, message))
+        allow = error.get_response().headers.get("Allow")
+        if allow:
+            response.headers["Allow"] = allow
+        return response, status
+
+    @app.errorhandler(Exception)
+    def _internal_error(error: Exception) -> tuple[Response, int]:
+        # A bug: the trace goes to the log under an id the client can quote; the client sees no internals.
+        incident = uuid.uuid4().hex[:12]
+        logger.error("unhandled error in %s %s [incident %s]", request.method, request.path, incident, exc_info=error)
+        g.error_code = "internal_error"
+        message = f"internal server error (incident {incident}); the server log has the details"
+        return jsonify(_error_body("internal_error", message)), 500
+
+
+def _register_hooks(app: Flask, ctx: ApiContext) -> None:
+    api_key = ctx.settings.api_key.encode()
+
+    @app.before_request
+    def _start_and_authorize() -> None:
+        g.started = time.perf_counter()
+        if not api_key or request.method == "OPTIONS" or request.path in OPEN_PATHS:
+            return
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest: the time taken must not tell an attacker how much of a guessed key was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key):
+            raise Unauthorized("missing or wrong API key; send the header 'Authorization: Bearer <API_KEY>'")
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        ctx.metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        if response.status_code >= 400:
+            ctx.metrics.errors.labels(route, getattr(g, "error_code", str(response.status_code))).inc()
+        started = getattr(g, "started", None)
+        if started is not None:
+            ctx.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+
+def _tts_arguments(ctx: ApiContext, fields: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """TTSService.synthesize keyword arguments from /api/tts fields (multipart or JSON)."""
+    reference = read_upload(files, "reference_audio")
+    if reference is None:
+        reference = decode_base64_audio(fields.get("reference_audio"), "reference_audio", ctx.settings)
+    return {
+        "text": parse_text(fields.get("text"), "text", required=True),
+        "reference_audio": reference,
+        "reference_text": parse_text(fields.get("reference_text"), "reference_text"),
+        "voice": parse_text(fields.get("voice"), "voice"),
+        "language": parse_text(fields.get("language"), "language"),
+        "params": parse_generation_params(fields),
+    }
+
+
+def _audio_format(value: object, field: str = "format", default: str = "wav") -> str:
+    fmt = default if value in (None, "") else value
+    if not isinstance(fmt, str) or fmt.lower() not in AUDIO_FORMATS:
+        raise InvalidInput(f"{field} {value!r} is not supported; use one of {', '.join(AUDIO_FORMATS)}", field=field)
+    return fmt.lower()
+
+
+def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
+    service, settings = ctx.service, ctx.settings
+
+    def output_url(output_id: str) -> str:
+        return public_url(settings, f"/api/outputs/{output_id}")
+
+    @app.get("/health")
+    def health() -> Response:
+        """Liveness: service status, version, device and the state of each model (no auth needed).
+        ---
+        tags: [status]
+        security: []
+        responses:
+          200:
+            description: the service is up
+            schema:
+              type: object
+              properties:
+                status: {type: string, example: ok}
+                version: {type: string}
+                device: {type: string}
+                models: {type: object, additionalProperties: {type: string}}
+                queue_depth: {type: integer}
+        """
+        info = dict(service.health())
+        info["queue_depth"] = service.queue_depth
+        return jsonify(info)
+
+    @app.get("/ready")
+    def ready() -> tuple[Response, int]:
+        """Readiness: 200 when the service accepts work, 503 while it shuts down (no auth needed).
+        ---
+        tags: [status]
+        security: []
+        responses:
+          200:
+            description: ready for requests
+            schema:
+              type: object
+              properties:
+                ready: {type: boolean}
+                queue_depth: {type: integer}
+                max_queue: {type: integer}
+          503:
+            description: shutting down or the service cannot report its health
+            schema: {$ref: '#/definitions/Error'}
+        """
+        if ctx.shutting_down:
+            return jsonify(_error_body("not_ready", "the server is shutting down")), 503
+        try:
+            status = service.health().get("status")
+        except Exception:
+            logger.warning("readiness probe: service health failed", exc_info=True)
+            status = "error"
+        if status != "ok":
+            return jsonify(_error_body("not_ready", f"the service reports status {status!r}")), 503
+        return jsonify({"ready": True, "queue_depth": service.queue_depth, "max_queue": settings.max_queue}), 200
+
+    @app.get("/api/gpu/status")
+    def gpu_status() -> Response:
+        """GPU memory and the state of every model (device, bytes, last use, leases, load/reload/offload counts).
+        ---
+        tags: [gpu]
+        responses:
+          200:
+            description: the GPU manager's status
+            schema:
+              type: object
+              properties:
+                device: {type: object}
+                models: {type: object}
+                settings: {type: object}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+        """
+        return jsonify(service.gpu_status())
+
+    def _model_name(fields: dict[str, Any]) -> str | None:
+        name = parse_text(fields.get("model"), "model")
+        if name is None:
+            return None
+        known = list(service.gpu_status().get("models", {}))
+        if name not in known:
+            raise InvalidInput(
+                f"unknown model {name!r}; use one of {', '.join(known)} or omit it for all", field="model"
+            )
+        return name
+
+    gpu_action_doc = """
+        ---
+        tags: [gpu]
+        consumes: [application/json]
+        parameters:
+          - in: body
+            name: body
+            required: false
+            description: '{"model": "llasa"} for one model; an empty body or {} for all'
+            schema:
+              type: object
+              properties:
+                model: {type: string, enum: [llasa, xcodec2, whisper]}
+        responses:
+          200:
+            description: what was done; a model in use is handled when its last request ends (the result says so)
+            schema: {type: object}
+          400:
+            description: unknown model name or invalid JSON
+            schema: {$ref: '#/definitions/Error'}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+          415:
+            description: body that is not JSON
+            schema: {$ref: '#/definitions/Error'}
+        """
+
+    @app.post("/api/gpu/offload")
+    def gpu_offload() -> Response:
+        fields, _files = read_body()
+        return jsonify(service.offload(_model_name(fields)))
+
+    gpu_offload.__doc__ = "Move one model (or all) from the GPU to CPU RAM; reload is fast.\n" + gpu_action_doc
+
+    @app.post("/api/gpu/release")
+    def gpu_release() -> Response:
+        fields, _files = read_body()
+        return jsonify(service.release(_model_name(fields)))
+
+    gpu_release.__doc__ = "Release one model (or all) entirely, freeing GPU and CPU memory.\n" + gpu_action_doc
+
+    @app.post("/api/gpu/timeout")
+    def gpu_timeout() -> Response:
+        """Set the idle timeout (GPU -> CPU), the evict timeout (CPU -> released) and offload-after-use.
+        ---
+        tags: [gpu]
+        consumes: [application/json]
+        parameters:
+          - in: body
+            name: body
+            required: true
+            schema:
+              type: object
+              properties:
+                idle_timeout_s:
+                  type: number
+                  description: seconds idle on the GPU before offload (0 = at once, -1 = never)
+                evict_timeout_s:
+                  type: number
+                  description: seconds idle in CPU RAM before release (0 = at once, -1 = never)
+                offload_after_use: {type: boolean, description: 'offload as soon as the last request ends'}
+                timeout: {type: number, description: 'older name for idle_timeout_s'}
+        responses:
+          200:
+            description: the timeouts now in force
+            schema: {type: object}
+          400:
+            description: no field given, or a value out of range (the error names the field)
+            schema: {$ref: '#/definitions/Error'}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+          415:
+            description: body that is not JSON
+            schema: {$ref: '#/definitions/Error'}
+        """
+        fields, _files = read_body()
+        idle = parse_number(fields.get("idle_timeout_s", fields.get("timeout")), "idle_timeout_s")
+        evict = parse_number(fields.get("evict_timeout_s"), "evict_timeout_s")
+        for name, value in (("idle_timeout_s", idle), ("evict_timeout_s", evict)):
+            if value is not None and value < -1:
+                raise InvalidInput(f"{name} is {value}; use seconds >= 0, or -1 for never", field=name)
+        after_use = fields.get("offload_after_use")
+        after_use = None if after_use is None else parse_bool(after_use, "offload_after_use")
+        if idle is None and evict is None and after_use is None:
+            raise InvalidInput(
+                "give at least one of idle_timeout_s, evict_timeout_s, offload_after_use", field="idle_timeout_s"
+            )
+        return jsonify(service.set_timeouts(idle_timeout_s=idle, evict_timeout_s=evict, offload_after_use=after_use))
+
+    @app.post("/api/transcribe")
+    def transcribe() -> Response:
+        """Transcribe speech in an uploaded audio file with faster-whisper.
+        ---
+        tags: [speech]
+        consumes: [multipart/form-data]
+        parameters:
+          - in: formData
+            name: audio
+            type: file
+            required: true
+            description: audio file (wav, flac, mp3, ogg/opus, m4a, webm)
+          - in: formData
+            name: language
+            type: string
+            required: false
+            description: language code such as en or zh; omit or auto to detect
+        responses:
+          200:
+            description: the transcript with its segments
+            schema: {$ref: '#/definitions/Transcription'}
+          400:
+            description: missing audio, bad language code, or audio too short
+            schema: {$ref: '#/definitions/Error'}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+          413:
+            description: upload over MAX_UPLOAD_MB
+            schema: {$ref: '#/definitions/Error'}
+          415:
+            description: unreadable audio, or a body that is not multipart
+            schema: {$ref: '#/definitions/Error'}
+          429:
+            description: too many requests wait for the GPU (see Retry-After)
+            schema: {$ref: '#/definitions/Error'}
+          503:
+            description: the GPU stayed busy too long, or a model cannot be loaded
+            schema: {$ref: '#/definitions/Error'}
+        """
+        fields, files = read_body()
+        audio = read_upload(files, "audio")
+        if audio is None:
+            audio = decode_base64_audio(fields.get("audio"), "audio", settings)
+        if audio is None:
+            raise InvalidInput("audio is missing; upload the file as multipart field 'audio'", field="audio")
+        result = service.transcribe(audio, language=parse_text(fields.get("language"), "language"))
+        return jsonify(result.to_dict())
+
+    @app.post("/api/tts")
+    def tts() -> Response | tuple[Response, int]:
+        """Synthesise speech, cloning the voice of a reference clip or a saved voice.
+        Send multipart/form-data (reference_audio as a file) or JSON (reference_audio as base64 text).
+        Returns the audio itself with X- headers (duration, sample rate, transcript used, timings);
+        with ?response=json the same facts and a download URL instead; with ?async=true a job (202).
+        ---
+        tags: [speech]
+        consumes: [multipart/form-data, application/x-www-form-urlencoded]
+        produces: [audio/wav, audio/flac, audio/mpeg, audio/ogg, audio/aac, audio/pcm, application/json]
+        parameters:
+          - in: query
+            name: async
+            type: boolean
+            required: false
+            description: true = answer 202 with a job id at once
+          - in: query
+            name: response
+            type: string
+            enum: [audio, json]
+            required: false
+            description: json = facts and a download URL instead of the audio
+          - in: formData
+            name: text
+            type: string
+            required: true
+            description: the words to speak (Chinese or English; at most MAX_TEXT_CHARS)
+          - in: formData
+            name: reference_audio
+            type: file
+            required: false
+            description: voice to clone (0.5 s or more; trimmed to MAX_REFERENCE_SECONDS)
+          - in: formData
+            name: reference_text
+            type: string
+            required: false
+            description: transcript of the reference (transcribed when omitted)
+          - in: formData
+            name: voice
+            type: string
+            required: false
+            description: a saved voice name instead of reference_audio
+          - in: formData
+            name: language
+            type: string
+            required: false
+            description: language of the reference for transcription (en, zh, auto)
+          - in: formData
+            name: temperature
+            type: number
+            required: false
+            description: sampling temperature (0, 2]; default 0.8
+          - in: formData
+            name: top_p
+            type: number
+            required: false
+            description: nucleus sampling (0, 1]; default 1.0
+          - in: formData
+            name: top_k
+            type: integer
+            required: false
+            description: top-k sampling, 0 = off; default 50
+          - {in: formData, name: repetition_penalty, type: number, required: false, description: '0.5..2; default 1.0'}
+          - in: formData
+            name: max_audio_seconds
+            type: number
+            required: false
+            description: upper bound on audio per text chunk (s)
+          - in: formData
+            name: seed
+            type: integer
+            required: false
+            description: same seed + same input = same audio
+          - in: formData
+            name: format
+            type: string
+            enum: [wav, flac, mp3, opus, aac, pcm]
+            required: false
+            description: output format; default wav
+          - in: formData
+            name: sample_rate
+            type: integer
+            required: false
+            description: output rate in Hz (8000..48000); default 16000
+        responses:
+          200:
+            description: the audio (or, with response=json, its facts and download URL)
+            schema: {type: string, format: binary}
+            headers:
+              X-Audio-Duration-S: {type: number, description: audio length in seconds}
+              X-Sample-Rate: {type: integer, description: sample rate of the body}
+              X-Seed: {type: integer, description: the seed used (repeat it to get the same audio)}
+              X-Reference-Text:
+                type: string
+                description: transcript the model was conditioned on (percent-encoded UTF-8)
+              X-Timings-S:
+                type: string
+                description: 'JSON seconds per stage: transcribe, encode, generate, decode, total'
+              X-Real-Time-Factor: {type: number, description: wall time over audio time}
+          202:
+            description: job accepted (async=true); poll the Location
+            schema: {$ref: '#/definitions/Job'}
+          400:
+            description: a bad parameter (the error names the field), empty or too long text, too short reference
+            schema: {$ref: '#/definitions/Error'}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+          404:
+            description: unknown saved voice
+            schema: {$ref: '#/definitions/Error'}
+          413:
+            description: upload over MAX_UPLOAD_MB
+            schema: {$ref: '#/definitions/Error'}
+          415:
+            description: unreadable reference audio, or an unsupported body type
+            schema: {$ref: '#/definitions/Error'}
+          429:
+            description: MAX_QUEUE requests already wait for the GPU (see Retry-After)
+            schema: {$ref: '#/definitions/Error'}
+          499:
+            description: the client disconnected and the synthesis was stopped
+            schema: {$ref: '#/definitions/Error'}
+          500:
+            description: the model produced nothing usable, or an internal error
+            schema: {$ref: '#/definitions/Error'}
+          503:
+            description: the GPU stayed busy too long, or a model cannot be loaded (see Retry-After)
+            schema: {$ref: '#/definitions/Error'}
+        """
+        fields, files = read_body()
+        is_async = parse_bool(request.args.get("async"), "async")
+        as_json = _response_mode(request.args.get("response")) == "json"
+        fmt = _audio_format(fields.get("format"))
+        sample_rate = parse_sample_rate(fields.get("sample_rate"))
+        kwargs = _tts_arguments(ctx, fields, files)
+        if is_async:
+            job = ctx.jobs.submit(kwargs, fmt=fmt, sample_rate=sample_rate)
+            response = jsonify(job.to_dict(output_url))
+            response.headers["Location"] = f"/api/jobs/{job.id}"
+            return response, 202
+        result = ctx.synthesize("tts", kwargs)
+        rate = sample_rate or result.sample_rate
+        if as_json:
+            saved = service.save_output(result, fmt, sample_rate=sample_rate)
+            output = {
+                "id": saved.id,
+                "url": output_url(saved.id),
+                "format": saved.format,
+                "mime_type": saved.mime_type,
+                "size_bytes": saved.size_bytes,
+            }
+            return jsonify({"result": result.facts(), "output": output})
+        data = encode_audio(result.audio, result.sample_rate, fmt, target_sample_rate=sample_rate)
+        headers = synthesis_headers(result, sample_rate=rate, fmt=fmt)
+        headers["Content-Disposition"] = f'inline; filename="speech.{FORMAT_EXTENSIONS[fmt]}"'
+        return Response(data, mimetype=AUDIO_FORMATS[fmt], headers=headers)
+
+    @app.get("/api/jobs/<job_id>")
+    def get_job(job_id: str) -> Response:
+        """State, progress and (when done) the result and download URL of an asynchronous synthesis job.
+        ---
+        tags: [jobs]
+        parameters:
+          - {in: path, name: job_id, type: string, required: true, description: 'id from POST /api/tts?async=true'}
+        responses:
+          200:
+            description: the job
+            schema: {$ref: '#/definitions/Job'}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+          404:
+            description: unknown or expired job
+            schema: {$ref: '#/definitions/Error'}
+        """
+        ctx.jobs.expire()
+        return jsonify(ctx.jobs.get(job_id).to_dict(output_url))
+
+    @app.delete("/api/jobs/<job_id>")
+    def cancel_job(job_id: str) -> Response:
+        """Cancel a queued or running job (a running one stops at its next step and ends 'cancelled').
+        ---
+        tags: [jobs]
+        parameters:
+          - {in: path, name: job_id, type: string, required: true, description: 'id from POST /api/tts?async=true'}
+        responses:
+          200:
+            description: the job after the request (cancelled, or cancel_requested while it stops)
+            schema: {$ref: '#/definitions/Job'}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+          404:
+            description: unknown or expired job
+            schema: {$ref: '#/definitions/Error'}
+          409:
+            description: the job has already finished
+            schema: {$ref: '#/definitions/Error'}
+        """
+        return jsonify(ctx.jobs.cancel(job_id).to_dict(output_url))
+
+    @app.get("/api/outputs/<path:output_id>")
+    def download_output(output_id: str) -> Response:
+        """Download a generated audio file (kept for OUTPUT_TTL_HOURS).
+        ---
+        tags: [speech]
+        produces: [audio/wav, audio/flac, audio/mpeg, audio/ogg, audio/aac, audio/pcm]
+        parameters:
+          - in: path
+            name: output_id
+            type: string
+            required: true
+            description: <32 hex digits>.<ext> from a json or job response
+        responses:
+          200:
+            description: the audio file
+            schema: {type: string, format: binary}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+          404:
+            description: unknown, expired or malformed id (ids never leave OUTPUT_DIR)
+            schema: {$ref: '#/definitions/Error'}
+        """
+        path = service.output_path(output_id)
+        fmt = _EXTENSION_FORMATS.get(path.suffix.lstrip("."), "wav")
+        return send_file(path, mimetype=AUDIO_FORMATS.get(fmt), download_name=path.name, conditional=True)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus metrics: requests and errors per route, synthesis time, audio seconds, RTF, queue, models.
+        ---
+        tags: [status]
+        produces: [text/plain]
+        responses:
+          200:
+            description: Prometheus text exposition format
+            schema: {type: string}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+        """
+        return Response(ctx.metrics.render(), mimetype="text/plain", content_type="text/plain; version=0.0.4")
+
+
+def _response_mode(value: str | None) -> str:
+    mode = (value or "audio").lower()
+    if mode not in ("audio", "json"):
+        raise InvalidInput(f"response must be 'audio' or 'json', got {value!r}", field="response")
+    return mode
+
+
+def create_app(service: Any, settings: Settings) -> Flask:
+    """Build the REST app around one TTSService. Starts no thread: the job worker starts with the first job,
+    and `serve()` runs the output cleanup timer."""
+    from api_openai import register_openai_routes
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    ctx = ApiContext(service, settings)
+    app.extensions["llasa_api"] = ctx
+    CORS(app, expose_headers=EXPOSED_HEADERS)
+    _register_error_handlers(app, ctx)
+    _register_hooks(app, ctx)
+    _register_core_routes(app, ctx)
+    register_openai_routes(app, ctx)
+    template = {
+        "swagger": "2.0",
+        "info": {
+            "title": "Llasa TTS REST API",
+            "version": __version__,
+            "description": (
+                "Voice-cloning text-to-speech (Llasa + XCodec2 + faster-whisper). Errors are "
+                '{"error": {"code", "message"}}. The /v1 routes follow OpenAI\'s audio API.'
+            ),
+        },
+        "securityDefinitions": {
+            "bearer": {
+                "type": "apiKey",
+                "name": "Authorization",
+                "in": "header",
+                "description": "'Bearer <API_KEY>' (needed when the server sets API_KEY)",
+            }
+        },
+        "security": [{"bearer": []}],
+        "definitions": SWAGGER_DEFINITIONS,
+    }
+    Swagger(app, template=template)
+    return app
+
+
+class _Janitor:
+    """Deletes expired outputs (and forgets their jobs) every `interval_s`, on a daemon thread."""
+
+    def __init__(self, ctx: ApiContext, interval_s: float) -> None:
+        self.ctx = ctx
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="api-output-cleanup", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self) -> None:
+        try:
+            removed = self.ctx.service.cleanup_outputs()
+            forgotten = self.ctx.jobs.expire()
+            if removed or forgotten:
+                logger.info("cleanup: %d outputs deleted, %d jobs forgotten", removed, forgotten)
+        except Exception:
+            logger.exception("output cleanup failed; retrying in %.0f s", self.interval_s)
+
+    def _loop(self) -> None:
+        self.run_once()
+        while not self._stop.wait(self.interval_s):
+            self.run_once()
+
+
+def make_server(
+    app: Flask,
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    socket_map: dict[int, Any] | None = None,
+) -> Any:
+    """A waitress server for `app` (not yet running): one process, SERVER_THREADS threads.
+
+    `channel_request_lookahead` keeps reading each connection while its request runs, which is how waitress
+    notices a client that hung up (`environ["waitress.client_disconnected"]`), so its synthesis is cancelled.
+    `port=0` picks a free port (see `server.effective_port`); `socket_map` lets the caller close connections.
+    """
+    from waitress import create_server
+
+    return create_server(
+        app,
+        map=socket_map,
+        host=host or settings.host,
+        port=settings.api_port if port is None else port,
+        threads=SERVER_THREADS,
+        channel_request_lookahead=1,
+        ident="llasa-tts",
+    )
+
+
+def _cleanup_interval_s(settings: Settings) -> float:
+    return min(3600.0, max(60.0, settings.output_ttl_hours * 3600 / 4))
+
+
+def serve(app: Flask, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    """Serve `app` with waitress in this thread until interrupted; runs the output cleanup timer meanwhile."""
+    ctx: ApiContext = app.extensions["llasa_api"]
+    server = make_server(app, settings, host=host, port=port)
+    janitor = _Janitor(ctx, interval_s=_cleanup_interval_s(settings))
+    janitor.start()
+    logger.info(
+        "REST API on http://%s:%s (Swagger UI at /apidocs, %d threads)",
+        server.effective_host,
+        server.effective_port,
+        SERVER_THREADS,
+    )
+    try:
+        server.run()
+    finally:
+        ctx.shutting_down = True
+        janitor.stop()
+        ctx.jobs.shutdown()
+        server.close()
+
+
+class RunningServer:
+    """The REST app served by waitress on a background thread (main.py, tests, benchmarks).
+
+    `RunningServer(app, settings, host="127.0.0.1", port=0).start()` binds a free port; `.url` is where it
+    listens; `.stop()` closes the listener and every open connection, cancels unfinished jobs and stops the
+    cleanup timer.
+    """
+
+    def __init__(self, app: Flask, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+        self.ctx: ApiContext = app.extensions["llasa_api"]
+        self._map: dict[int, Any] = {}
+        self.server = make_server(app, settings, host=host, port=port, socket_map=self._map)
+        self.port = int(self.server.effective_port)
+        shown = str(self.server.effective_host)
+        shown = "127.0.0.1" if shown in ("0.0.0.0", "::", "") else shown
+        self.url = f"http://{shown}:{self.port}"
+        self._janitor = _Janitor(self.ctx, interval_s=_cleanup_interval_s(settings))
+        self._thread = threading.Thread(target=self.server.run, name="api-server", daemon=True)
+
+    def start(self) -> RunningServer:
+        self._janitor.start()
+        self._thread.start()
+        logger.info("REST API on %s (Swagger UI at /apidocs)", self.url)
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.ctx.shutting_down = True
+        self._janitor.stop()
+        self.ctx.jobs.shutdown()
+        self.server.close()
+        for channel in list(self._map.values()):
+            channel.close()
+        self.server.task_dispatcher.shutdown(timeout=timeout_s)
+        self._thread.join(timeout_s)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python api_server.py`: the REST API alone (Settings -> logging -> TTSService -> waitress)."""
+    parser = argparse.ArgumentParser(description="Llasa TTS REST API (Flask + waitress)")
+    parser.add_argument("--host", help="address to bind (default: HOST)")
+    parser.add_argument("--port", type=int, help="port (default: API_PORT)")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from llasa.service import TTSService
+
+    service = TTSService(settings)
+    try:
+        serve(create_app(service, settings), settings, host=args.host, port=args.port)
+    finally:
+        service.shutdown()
+
+
+if __name__ == "__main__":
+    main()
