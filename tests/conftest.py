@@ -1,0 +1,103 @@
+"""Shared fixtures: the tiny checkpoints (built once, cached across runs), Settings pointing at them, test audio.
+
+The tiny models are written by `tools/make_tiny_models.py` into `$LLASA_CACHE_DIR/tiny-models-<hash>`, where the
+hash covers the builder scripts, so editing a builder rebuilds and parallel runs share one copy. A build goes to a
+temporary folder beside the final one and is renamed into place, under a file lock, so no run ever sees half a
+model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from filelock import FileLock
+
+from llasa.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = REPO / "tools"
+#: Builder scripts whose content keys the cache (the whisper one may not exist yet).
+BUILDER_FILES = (TOOLS / "make_tiny_models.py", TOOLS / "tiny_whisper.py")
+AUDIO_DIR = REPO / "tests" / "data" / "audio"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("LLASA_CACHE_DIR") or Path.home() / ".cache" / "llasa-tts").expanduser()
+
+
+def _builders_hash() -> str:
+    digest = hashlib.sha256()
+    for path in BUILDER_FILES:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes() if path.exists() else b"<missing>")
+    return digest.hexdigest()[:16]
+
+
+def _load_builder() -> Any:
+    spec = importlib.util.spec_from_file_location("make_tiny_models", TOOLS / "make_tiny_models.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_cached_tiny_models(cache_root: Path) -> Path:
+    """Return the cached tiny-model folder for the current builders, building it first if needed."""
+    cache_root.mkdir(parents=True, exist_ok=True)
+    final = cache_root / f"tiny-models-{_builders_hash()}"
+    if final.is_dir():
+        return final
+    with FileLock(str(final) + ".lock"):
+        if final.is_dir():  # another run built it while we waited for the lock
+            return final
+        staging = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=cache_root))
+        try:
+            _load_builder().build_tiny_models(staging)
+            os.rename(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    """Folder with `llasa/`, `xcodec2/` and `whisper/` tiny random checkpoints in the hub's layout."""
+    return build_cached_tiny_models(_cache_root())
+
+
+@pytest.fixture
+def make_settings(tiny_models: Path, tmp_path: Path) -> Callable[..., Settings]:
+    """Factory: `make_settings(**overrides)` -> Settings on the tiny models, CPU, folders under tmp_path."""
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "llasa_model": str(tiny_models / "llasa"),
+            "xcodec2_model": str(tiny_models / "xcodec2"),
+            "whisper_model": str(tiny_models / "whisper"),
+            "device": "cpu",
+            "output_dir": tmp_path / "outputs",
+            "temp_dir": tmp_path / "temp",
+            "voices_dir": tmp_path / "voices",
+            "gpu_monitor_interval": 0.05,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return factory
+
+
+@pytest.fixture
+def audio_dir() -> Path:
+    """tests/data/audio: short speech recordings in several formats (words in its README.md)."""
+    return AUDIO_DIR
