@@ -225,6 +225,21 @@ def _check_wav_complete(data: bytes) -> None:
         )
 
 
+def _declares_exact_duration(format_name: str) -> bool:
+    """Whether a container states its true length up front (mp3 and ADTS only estimate it from the bit rate)."""
+    return format_name.split(",", maxsplit=1)[0] in {
+        "flac",
+        "ogg",
+        "mov",
+        "matroska",
+        "wav",
+        "w64",
+        "aiff",
+        "caf",
+        "wv",
+    }
+
+
 class _MonoConverter:
     """Turns decoded frames (any format, layout, rate) into float32 mono at one rate.
 
@@ -287,7 +302,7 @@ def _decode(
     with container:
         if not container.streams.audio:
             raise _unsupported(f"the file ({container.format.name}) holds no audio track")
-        stream = container.streams.audio[0]
+        stream = container.streams.best("audio") or container.streams.audio[0]
         converter = _MonoConverter(sample_rate)
         pieces: list[np.ndarray] = []
         kept = 0
@@ -333,8 +348,15 @@ def _decode(
         if packets and bad_packets > max(2, packets // 10):
             raise _unsupported(f"the audio file is corrupt: {bad_packets} of {packets} packets are damaged")
         seconds = total / sample_rate
-        if stopped_early and container.duration:
-            seconds = max(seconds, container.duration / av.time_base)
+        declared_s = container.duration / av.time_base if container.duration else 0.0
+        if stopped_early:
+            seconds = max(seconds, declared_s)
+        elif _declares_exact_duration(container.format.name) and seconds < declared_s * 0.9 - 0.1:
+            # Demuxers skip damaged pages or frames and carry on, so a corrupt file would pass as a shorter one.
+            raise _unsupported(
+                f"the audio file is corrupt or truncated: it should last {declared_s:.1f} s but only "
+                f"{seconds:.1f} s could be decoded"
+            )
     # Anything under one 20 ms frame is a header with nothing behind it (a cut-off upload).
     if kept < sample_rate * _FRAME_S:
         raise _unsupported(

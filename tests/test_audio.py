@@ -194,6 +194,30 @@ def test_bad_uploads_are_unsupported_audio(data: bytes, words: str) -> None:
     assert info.value.status_code == 415
 
 
+def _damaged(name: str, flips: int, seed: int = 0) -> bytes:
+    data = bytearray((AUDIO_DIR / name).read_bytes())
+    rng = np.random.default_rng(seed)
+    for i in rng.integers(len(data) // 4, len(data), flips):
+        data[i] ^= 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [_damaged("zh_16k_mono.flac", 20), _damaged("en_long_22k.ogg", 20), _first_bytes("zh_16k_mono.flac", 60_000)],
+    ids=["flac-damaged", "ogg-damaged", "flac-cut"],
+)
+def test_damaged_files_that_would_decode_shorter_are_refused(data: bytes) -> None:
+    # Demuxers skip what fails its checksum and carry on; the file must not pass as a shorter recording.
+    with pytest.raises(UnsupportedAudio, match="corrupt or truncated"):
+        load_audio(data)
+
+
+def test_a_few_damaged_mp3_frames_are_concealed() -> None:
+    samples = load_audio(_damaged("zh_24k.mp3", 5))
+    assert len(samples) / SR == pytest.approx(8.04, rel=0.02)
+
+
 def test_ffmpeg_failures_are_chained() -> None:
     with pytest.raises(UnsupportedAudio) as info:
         load_audio(np.random.default_rng(1).bytes(10_000) + b"\x00" * 10)
@@ -273,6 +297,13 @@ def test_long_reference_is_trimmed_to_max_seconds() -> None:
     assert ref.original_seconds == pytest.approx(24.12, abs=0.05)
     assert 13.5 <= len(ref.samples) / SR <= 15.0
     assert ref.samples.dtype == np.float32
+
+
+def test_long_reference_reports_its_full_length_without_decoding_all_of_it() -> None:
+    ref = prepare_reference(AUDIO_DIR / "en_long_22k.ogg", max_seconds=3, min_seconds=0.5)
+    assert ref.trimmed is True
+    assert ref.original_seconds == pytest.approx(24.12, abs=0.05)
+    assert 1.5 <= len(ref.samples) / SR <= 3.0
 
 
 def test_reference_within_limit_is_not_trimmed_and_is_normalised(speech: np.ndarray) -> None:
