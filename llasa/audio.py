@@ -628,6 +628,7 @@ def _encode_with_ffmpeg(x: np.ndarray, sample_rate: int, fmt: str) -> bytes:
             stream = container.add_stream(codec, rate=sample_rate, layout="mono")
             if bit_rate is not None:
                 stream.bit_rate = bit_rate
+            container.start_encoding()  # headers even for empty audio, so the file is still valid
             if len(x):
                 frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(array), format=sample_fmt, layout="mono")
                 frame.sample_rate = sample_rate

@@ -413,6 +413,9 @@ def test_wav_header_sizes_and_streaming_placeholder() -> None:
     assert struct.unpack("<I", streaming[40:44])[0] == 0xFFFFFFFF
     with pytest.raises(InvalidInput):
         wav_header(16_000, data_bytes=-1)
+    # empty audio is a valid, empty file
+    assert encode_audio(np.zeros(0, np.float32), SR, "wav") == wav_header(SR, data_bytes=0)
+    assert encode_audio(np.zeros(0, np.float32), SR, "pcm") == b""
 
 
 def test_resample_is_exact_length_and_keeps_the_pitch() -> None:
