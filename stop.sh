@@ -11,8 +11,14 @@ timeout_s=${STOP_TIMEOUT_S:-60}
 
 say() { printf '%s\n' "$*"; }
 
-# True while any process of the process group PGID exists.
-group_alive() { kill -0 -- "-$1" 2>/dev/null; }
+# True while any live process of the process group PGID exists (zombies, already exited, do not count).
+group_alive() {
+  if command -v ps >/dev/null 2>&1; then
+    ps -e -o pgid= -o stat= | awk -v group="$1" '$1 == group && $2 !~ /^Z/ { found = 1 } END { exit !found }'
+  else
+    kill -0 -- "-$1" 2>/dev/null
+  fi
+}
 
 # Stops the local service: SIGTERM to main.py, a bounded wait for its whole process group, then SIGKILL.
 stop_local() {
@@ -38,7 +44,8 @@ stop_local() {
   if group_alive "$pid"; then
     say "still running after ${timeout_s} s: killing it (SIGKILL)"
     kill -KILL -- "-$pid" 2>/dev/null || true
-    while group_alive "$pid"; do sleep 0.1; done
+    deadline=$((SECONDS + 10))
+    while group_alive "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
   fi
   rm -f "$pid_file"
   say "stopped."

