@@ -272,24 +272,26 @@ def _clean_chunk(text: str) -> str:
 
 
 def _clause_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Spans of `text[start:end]` split after clause marks (，、,;: and friends), closers kept."""
+    """Spans of `text[start:end]` split after clause marks (，、,;: and friends), closers kept.
+
+    CJK marks always split; ASCII ones only before a space, CJK text or the end, so 1,000 / 10:30 / 3.14 and
+    "don't" stay whole.
+    """
     spans: list[tuple[int, int]] = []
     s = start
     i = start
     while i < end:
         ch = text[i]
         j = i + 1
-        split = False
-        if ch in _STRONG_CLAUSE or ch in _ENDS:
-            split = True
-        elif ch in _WEAK_CLAUSE:
-            # not inside a number (1,000 or 10:30): only before a space, CJK text or the end
-            split = j >= end or text[j].isspace() or _is_cjk(text[j])
-        if split:
-            while j < end and (text[j] in _CLOSERS or text[j] in _ENDS):
+        if ch in _STRONG_CLAUSE or ch in _ENDS or ch in _WEAK_CLAUSE:
+            while j < end and text[j] in _ENDS:
                 j += 1
-            spans.append((s, j))
-            s = j
+            while j < end and text[j] in _CLOSERS:
+                j += 1
+            strong = any(c in _STRONG_CLAUSE or c in _STRONG_ENDS for c in text[i:j])
+            if strong or j >= end or text[j].isspace() or _is_cjk(text[j]) or _is_cjk_punct(text[j]):
+                spans.append((s, j))
+                s = j
         i = j
     if s < end:
         spans.append((s, end))

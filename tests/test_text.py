@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import re
 
 import pytest
@@ -23,7 +24,7 @@ def no_space(text: str) -> str:
 
 
 def latin_words(text: str) -> list[str]:
-    return re.findall(r"[A-Za-z0-9']+", text)
+    return re.findall(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*", text)  # don't = one word
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -222,6 +223,16 @@ def test_long_sentence_is_split_at_clauses_first() -> None:
         assert chunk.endswith(",")
 
 
+def test_numbers_and_contractions_stay_whole_when_a_sentence_is_split() -> None:
+    text = "The price wasn't 3.14159 dollars, or 1,000 yen at 10:30 today and it is fine"
+    for budget in range(16, 40):
+        chunks = chunk_text(text, cost=len, budget=budget)
+        for token in ("wasn't", "3.14159", "dollars,", "1,000", "10:30"):
+            assert any(token in chunk for chunk in chunks), (budget, chunks)
+    zh = chunk_text("今天是2024年，价格是3.14元。好的", cost=len, budget=8)
+    assert zh == ["今天是2024", "年，", "价格是3.14", "元。好的"]
+
+
 def test_long_chinese_without_punctuation_is_split_between_characters() -> None:
     chunks = chunk_text(LONG_ZH_NO_PUNCT, cost=len, budget=50)
     assert [len(c) for c in chunks[:-1]] == [50] * (len(chunks) - 1)
@@ -245,3 +256,24 @@ def test_chunk_edge_cases() -> None:
     for bad in (0, -5, 2.5, True):
         with pytest.raises(InvalidInput):
             chunk_text("text", cost=len, budget=bad)  # type: ignore[arg-type]
+
+
+def test_random_text_keeps_every_invariant() -> None:
+    """Property check over random mixes of Latin, CJK, digits, punctuation and odd whitespace."""
+    alphabet = [*"abcdeXYZ0123", *"你好世界天气", *" .,!?;:，。！？；、…\"'“”（）()\n\u3000"]
+    rng = random.Random(0)
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+        sentences = split_sentences(text)
+        assert no_space("".join(sentences)) == no_space(normalize_text(text)), text
+        assert all(s and s == s.strip() for s in sentences), text
+        budget = rng.randint(1, 40)
+        try:
+            chunks = chunk_text(text, cost=len, budget=budget)
+        except InvalidInput:
+            # only when some word alone is longer than the budget
+            assert any(len(w) > budget for w in re.findall(r"\S+", normalize_text(text))), text
+            continue
+        assert all(len(c) <= budget for c in chunks), (text, budget)
+        assert no_space("".join(chunks)) == no_space(normalize_text(text)), text
+        assert [w for c in chunks for w in latin_words(c)] == latin_words(normalize_text(text)), text
