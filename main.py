@@ -180,7 +180,7 @@ def start_ui(service: Any, settings: Any, grace_s: float) -> FrontEnd:
 
     _bind(settings.host, settings.ui_port, "UI_PORT").close()
     blocks = ui_app.create_ui(service, settings)
-    ui_app.launch_ui(blocks, settings)
+    ui_app.launch_ui(blocks, settings, prevent_thread_lock=True)
     url = f"http://{_client_host(settings.host)}:{settings.ui_port}"
     return FrontEnd("ui", "Web UI", settings.ui_port, url, f"{url}/", blocks.close)
 
