@@ -282,11 +282,15 @@ class PinnedWeights:
     made once here. Satisfies `ManagedModel` itself, so a loader may return it directly or delegate to it.
     """
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module, *, host_copy: bool | None = None) -> None:
+        """`host_copy`: make the flat host copy (None = only when CUDA is available; it is pinned only then)."""
         torch = _torch()
-        self.module = module
-        # One record per distinct tensor: (tensor, the (submodule, key, is_param) slots that hold it).
-        self._slots: list[tuple[Any, list[tuple[Any, str, bool]]]] = []
+        self.module: Any = module
+        # Per distinct tensor, the (submodule, key, is_param) places that hold it (tied weights: several).
+        # Only places and dtypes are kept, never the original tensors: holding a buffer's first tensor would
+        # keep its device memory alive after an offload.
+        tensors: list[Any] = []
+        self._slots: list[list[tuple[Any, str, bool]]] = []
         by_id: dict[int, int] = {}
         for submodule in module.modules():
             for is_param, table in ((True, submodule._parameters), (False, submodule._buffers)):
@@ -295,23 +299,27 @@ class PinnedWeights:
                         continue
                     index = by_id.get(id(tensor))
                     if index is None:
-                        by_id[id(tensor)] = index = len(self._slots)
-                        self._slots.append((tensor, []))
-                    self._slots[index][1].append((submodule, key, is_param))
-        devices = {str(tensor.device) for tensor, _ in self._slots}
+                        by_id[id(tensor)] = index = len(tensors)
+                        tensors.append(tensor)
+                        self._slots.append([])
+                    self._slots[index].append((submodule, key, is_param))
+        self._dtypes = [tensor.dtype for tensor in tensors]
+        devices = {str(tensor.device) for tensor in tensors}
         if len(devices) > 1:
             raise ValueError(f"PinnedWeights needs a module on one device; this one spans {sorted(devices)}")
         self.device: str = self._normalise(devices.pop() if devices else "cpu")
-        self._size_bytes = sum(tensor.nelement() * tensor.element_size() for tensor, _ in self._slots)
+        self._size_bytes = sum(tensor.nelement() * tensor.element_size() for tensor in tensors)
         self.pinned = False
         self._registered_ptr: int | None = None
         self._flat: Any = None
         self.moves = 0  # move_to calls, no-ops included
-        if not torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+        if not (cuda if host_copy is None else host_copy):
             # CPU only: the module's own tensors are the "host copy"; pinning needs a CUDA context.
-            self._host = [tensor.detach() for tensor, _ in self._slots]
+            self._host = [tensor.detach() for tensor in tensors]
             return
-        self._host = self._make_pinned_copy(torch)
+        self._host = self._make_host_copy(torch, tensors, pin=cuda)
+        del tensors
         if self.device == "cpu":
             self._point_at(self._host)  # the pageable originals are freed now; the pinned copy is the weights
 
@@ -319,10 +327,10 @@ class PinnedWeights:
     def _normalise(device: str) -> str:
         return "cuda:0" if device == "cuda" else device
 
-    def _make_pinned_copy(self, torch: Any) -> list[Any]:
+    def _make_host_copy(self, torch: Any, tensors: list[Any], *, pin: bool) -> list[Any]:
         offsets: list[int] = []
         total = 0
-        for tensor, _ in self._slots:
+        for tensor in tensors:
             offsets.append(total)
             nbytes = tensor.nelement() * tensor.element_size()
             total += -(-nbytes // _TENSOR_ALIGN_BYTES) * _TENSOR_ALIGN_BYTES
@@ -330,21 +338,22 @@ class PinnedWeights:
         raw = torch.empty(total + _PAGE_BYTES, dtype=torch.uint8)
         shift = (-raw.data_ptr()) % _PAGE_BYTES
         flat = raw[shift : shift + total]
-        rc = torch.cuda.cudart().cudaHostRegister(flat.data_ptr(), total, 0)
-        if int(rc) == 0:
-            self._registered_ptr = flat.data_ptr()
-        else:
-            logger.warning(
-                "cudaHostRegister of %s failed (error %s); using torch's pinned allocator instead",
-                format_bytes(total),
-                int(rc),
-            )
-            del raw, flat
-            flat = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+        if pin:
+            rc = torch.cuda.cudart().cudaHostRegister(flat.data_ptr(), total, 0)
+            if int(rc) == 0:
+                self._registered_ptr = flat.data_ptr()
+            else:
+                logger.warning(
+                    "cudaHostRegister of %s failed (error %s); using torch's pinned allocator instead",
+                    format_bytes(total),
+                    int(rc),
+                )
+                del raw, flat
+                flat = torch.empty(total, dtype=torch.uint8, pin_memory=True)
         self._flat = flat
-        self.pinned = True
+        self.pinned = pin
         host: list[Any] = []
-        for (tensor, _), offset in zip(self._slots, offsets, strict=True):
+        for tensor, offset in zip(tensors, offsets, strict=True):
             nbytes = tensor.nelement() * tensor.element_size()
             view = flat[offset : offset + nbytes].view(tensor.dtype).view(tensor.shape)
             view.copy_(tensor.detach())
@@ -352,7 +361,7 @@ class PinnedWeights:
         return host
 
     def _point_at(self, tensors: list[Any]) -> None:
-        for (_, slots), new in zip(self._slots, tensors, strict=True):
+        for slots, new in zip(self._slots, tensors, strict=True):
             for submodule, key, is_param in slots:
                 if is_param:
                     submodule._parameters[key].data = new
@@ -365,9 +374,9 @@ class PinnedWeights:
         device = self._normalise(device)
         if device == self.device:
             return
-        if self._flat is None and device != "cpu":
-            raise RuntimeError(f"cannot move weights to {device}: CUDA is not available in this process")
         torch = _torch()
+        if device != "cpu" and (self._flat is None or not torch.cuda.is_available()):
+            raise RuntimeError(f"cannot move weights to {device}: CUDA is not available in this process")
         if device == "cpu":
             self._point_at(self._host)
         else:
@@ -382,7 +391,7 @@ class PinnedWeights:
     def close(self) -> None:
         """Release every tensor: the module is left with empty tensors, so a stray reference to it holds nothing."""
         torch = _torch()
-        empty = [torch.empty(0, dtype=tensor.dtype) for tensor, _ in self._slots]
+        empty = [torch.empty(0, dtype=dtype) for dtype in self._dtypes]
         self._point_at(empty)
         self._host = []
         self._slots = []
@@ -779,7 +788,7 @@ class MultiModelGPUManager:
         """Reserve `need_bytes` of device memory for entry's load, offloading idle models (LRU) to make room."""
         headroom = self.settings.gpu_memory_headroom_mb * 1024 * 1024
         while True:
-            memory = self._device_memory()
+            memory = self.device_memory()
             with self._lock:
                 others_reserved = sum(e.reserved_bytes for e in self._entries.values() if e is not entry)
                 available = memory.free_bytes - headroom - others_reserved
@@ -1155,7 +1164,8 @@ class MultiModelGPUManager:
 
     # ---------------------------------------------------------------------------------------------- status
 
-    def _device_memory(self) -> DeviceMemory:
+    def device_memory(self) -> DeviceMemory:
+        """Total/used/free memory of the compute device and this process's share, measured now."""
         if self._memory_probe is not None:
             return self._memory_probe()
         if self.device.startswith("cuda"):
@@ -1221,7 +1231,7 @@ class MultiModelGPUManager:
         """
         memory: dict[str, Any]
         try:
-            memory = self._device_memory().to_dict()
+            memory = self.device_memory().to_dict()
         except Exception as exc:  # status must answer even when the device does not
             memory = {"error": str(exc)}
         with self._lock:

@@ -702,6 +702,36 @@ def test_pinned_weights_on_cpu_keep_tied_weights_once_and_close_empties() -> Non
     assert module.scale.numel() == 0
 
 
+def test_pinned_weights_flat_host_copy_layout() -> None:
+    """The flat host copy (pinned on CUDA): every dtype, tied weights, buffers, odd sizes, one buffer."""
+    embed = torch.nn.Embedding(7, 5)
+    head = torch.nn.Linear(5, 7, bias=True)
+    head.weight = embed.weight
+    norm = torch.nn.LayerNorm(5).to(torch.bfloat16)
+    module = torch.nn.ModuleDict({"embed": embed, "head": head, "norm": norm})
+    module.register_buffer("positions", torch.arange(3, dtype=torch.int64))
+    module.register_buffer("mask", torch.tensor([True, False, True]))
+    module.register_buffer("scalar", torch.tensor(2.5, dtype=torch.float16))
+    originals = {name: t.detach().clone() for name, t in module.state_dict().items()}
+
+    weights = PinnedWeights(module, host_copy=True)
+    assert weights.pinned == torch.cuda.is_available()
+    assert weights.size_bytes() == (7 * 5 + 7) * 4 + 2 * 5 * 2 + 3 * 8 + 3 + 2
+    assert head.weight is embed.weight
+    for name, tensor in module.state_dict().items():
+        assert torch.equal(tensor, originals[name]), name
+        assert tensor.dtype == originals[name].dtype
+    # Everything now lives in one host buffer, each tensor on its own aligned offset.
+    storages = {t.untyped_storage().data_ptr() for t in module.state_dict().values()}
+    assert len(storages) == 1
+    pointers = sorted(t.data_ptr() for t in module.state_dict().values())
+    assert all(p % 256 == 0 for p in pointers)
+    weights.move_to("cpu")
+    assert torch.equal(module["head"](module["embed"](torch.tensor([1]))), head(embed(torch.tensor([1]))))
+    weights.close()
+    assert all(t.numel() == 0 for t in module.state_dict().values())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pinned_weights_round_trip_on_cuda() -> None:
     module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.LayerNorm(64)).to("cuda:0")
