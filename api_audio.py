@@ -131,6 +131,7 @@ class StreamEncoder:
         self.fmt = fmt
         self.output_rate = output_rate
         self.samples_out = 0
+        self._finished = False
         self._header_sent = fmt != "wav"
         self._raw = fmt in ("wav", "pcm")
         self._chain = _FilterChain(input_rate, output_rate, speed=speed, sample_fmt="s16" if self._raw else "flt")
@@ -142,9 +143,12 @@ class StreamEncoder:
             self._stream = self._container.add_stream(codec, rate=output_rate, layout="mono")
 
     def push(self, samples: np.ndarray) -> bytes:
+        self._check_open()
         return self._encode(self._chain.push(samples))
 
     def finish(self) -> bytes:
+        self._check_open()
+        self._finished = True
         data = self._encode(self._chain.finish())
         if self._container is not None:
             for packet in self._stream.encode(None):
@@ -156,10 +160,15 @@ class StreamEncoder:
 
     def close(self) -> None:
         """Free the encoder without finishing the stream (the client went away)."""
+        self._finished = True
         if self._container is not None:
             with contextlib.suppress(av.FFmpegError, ValueError):
                 self._container.close()
             self._container = None
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RuntimeError("this stream is already finished or closed; start a new StreamEncoder")
 
     def _encode(self, frames: list[av.AudioFrame]) -> bytes:
         prefix = b""
@@ -169,8 +178,7 @@ class StreamEncoder:
         self.samples_out += sum(frame.samples for frame in frames)
         if self._raw:
             return prefix + b"".join(frame.to_ndarray().astype("<i2").tobytes() for frame in frames)
-        if self._container is None:
-            raise RuntimeError("StreamEncoder.push() after finish() or close()")
+        assert self._container is not None  # opened in __init__ for every compressed format
         for frame in frames:
             frame.pts = None  # the encoder numbers its own frames
             for packet in self._stream.encode(frame):

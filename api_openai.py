@@ -545,6 +545,8 @@ def _stream_speech(ctx: ApiContext, kwargs: dict[str, Any], *, fmt: str, speed: 
         except TTSError as e:
             outcome = "cancelled" if isinstance(e, Cancelled) else "error"
             logger.info("speech stream ended early: %s", e.message)
+            if outcome == "cancelled":
+                return  # the client is gone (or gave up): nobody to tell
             if not sse:
                 raise  # a cut chunked body is how a raw audio stream says it failed
             yield sse_event({"type": "error", "error": {"code": e.code, "message": e.message}})

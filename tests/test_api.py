@@ -208,7 +208,7 @@ def test_tts_formats_and_sample_rates(api: Api, fmt: str, rate: int) -> None:
     assert decoded_rate == rate
     duration = float(response.headers["X-Audio-Duration-S"])
     # Encoders pad a little (priming, frame sizes); the length must still be the synthesis's.
-    assert len(audio) / decoded_rate == pytest.approx(duration, abs=0.08)
+    assert len(audio) / decoded_rate == pytest.approx(duration, abs=0.15)
 
 
 def test_tts_pcm_is_raw_16_bit(api: Api) -> None:
