@@ -117,6 +117,10 @@ def build_llasa_8b(device: str) -> torch.nn.Module:
     return model.eval()
 
 
+def seconds(value: float) -> str:
+    return f"{value:.2f} s" if value >= 0.1 else f"{value * 1000:.3f} ms"
+
+
 def checksums(module: torch.nn.Module) -> list[float]:
     params = list(module.parameters())
     picks = [params[0], params[len(params) // 2], params[-1]]
@@ -196,7 +200,7 @@ def main() -> int:
     rows.append(
         (
             "first load (random weights built on the device; + pinned host copy on CUDA)",
-            f"{status['last_load_s']:.2f} s",
+            seconds(status["last_load_s"]),
         )
     )
     rss_loaded = rss()
@@ -212,8 +216,8 @@ def main() -> int:
         with manager.use(name) as model:
             after = checksums(model.module)
         reloads.append(manager.model_status(name)["last_reload_s"])
-    rows.append(("offload (best / worst)", f"{min(offloads):.3f} s / {max(offloads):.3f} s"))
-    rows.append(("reload (best / worst)", f"{min(reloads):.3f} s / {max(reloads):.3f} s"))
+    rows.append(("offload (best / worst)", f"{seconds(min(offloads))} / {seconds(max(offloads))}"))
+    rows.append(("reload (best / worst)", f"{seconds(min(reloads))} / {seconds(max(reloads))}"))
     if cuda:
         rows.append(("reload bandwidth (best)", f"{size / min(reloads) / GB:.1f} GB/s"))
     else:
@@ -224,7 +228,7 @@ def main() -> int:
         manager.offload(name)
         floor = copy_floor_s(size, device, args.repeats)
         rows.append(
-            ("floor: plain pinned H2D copy, same bytes (best)", f"{floor:.3f} s ({size / floor / GB:.1f} GB/s)")
+            ("floor: plain pinned H2D copy, same bytes (best)", f"{seconds(floor)} ({size / floor / GB:.1f} GB/s)")
         )
         rows.append(("reload / floor (goal <= 1.25)", f"{min(reloads) / floor:.2f}"))
         assert bare_context is not None
@@ -241,7 +245,7 @@ def main() -> int:
 
     manager.release(name)
     release_s = manager.model_status(name)["last_release_s"]
-    rows.append(("release", f"{release_s:.2f} s"))
+    rows.append(("release", seconds(release_s)))
     rss_released = rss()
     rows.append(("RSS before load", format_bytes(rss_start)))
     rows.append(("RSS after load", format_bytes(rss_loaded)))
