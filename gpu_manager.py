@@ -519,6 +519,8 @@ class MultiModelGPUManager:
         self._nvml = _Nvml()
         self._collect_garbage = collect_garbage
 
+        # Lock order (see the class docstring): _lock and _slot_lock are never held together, and nothing slow
+        # runs under _lock. Waiting for a model's move is a wait on _changed, which releases _lock.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._entries: dict[str, _Entry] = {}
@@ -1020,9 +1022,16 @@ class MultiModelGPUManager:
 
         The choice and the mark happen in one critical section, so no lease can slip in between.
         """
+        return self._settle(on_device_only=False)
+
+    def _settle(self, *, on_device_only: bool) -> list[tuple[str, str]]:
         with self._lock:
             now = self._clock()
-            due = [(e, a) for e in self._entries.values() if (a := self._next_action_locked(e, now))]
+            due = [
+                (e, a)
+                for e in self._entries.values()
+                if not (on_device_only and e.state is not ModelState.GPU) and (a := self._next_action_locked(e, now))
+            ]
         self._run_moves(due, reason="by the idle monitor")
         return [(entry.name, action) for entry, action in due]
 
@@ -1135,9 +1144,10 @@ class MultiModelGPUManager:
             self._job_active = False
         if not next_waiting:
             # Nobody waits: apply offload-after-use to the models this job kept on the device. A waiting job
-            # finds them still there (and settles them when it ends).
+            # finds them still there (and settles them when it ends). Timed releases of models already in RAM
+            # are left to the monitor thread, so they never lengthen a request.
             try:
-                self.run_monitor_once()
+                self._settle(on_device_only=True)
             except Exception:
                 logger.exception("offload after a GPU job failed")
         with self._slot_lock:

@@ -315,6 +315,21 @@ def test_gpu_slot_job_keeps_a_model_between_two_uses() -> None:
     assert (row["state"], row["loads"], row["reloads"], row["offloads"]) == ("cpu", 1, 0, 1)
 
 
+def test_job_end_offloads_but_leaves_timed_releases_to_the_monitor() -> None:
+    clock = FakeClock()
+    manager = make_manager(clock, model_evict_timeout=10)
+    manager.register_model("llasa", CountingLoader("llasa"))
+    manager.register_model("whisper", CountingLoader("whisper"))
+    with manager.use("whisper"):
+        pass
+    clock.advance(20)  # whisper is due for release
+    with manager.gpu_slot(), manager.use("llasa"):
+        pass
+    assert state(manager, "llasa") == "cpu"  # offload after use, at the end of the job
+    assert state(manager, "whisper") == "cpu"  # not released in the request's own thread
+    assert manager.run_monitor_once() == [("whisper", "release")]
+
+
 def test_gpu_slot_is_reentrant_in_its_thread() -> None:
     manager = make_manager()
     manager.register_model("m", CountingLoader("m"))
