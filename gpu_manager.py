@@ -380,8 +380,11 @@ class PinnedWeights:
         if device == "cpu":
             self._point_at(self._host)
         else:
-            self._point_at([host.to(device, non_blocking=True) for host in self._host])
+            # Copy everything before pointing anything at it: a reload that fails half-way (OOM) leaves the
+            # module wholly on the host copy, and the partial device copies are freed with this list.
+            on_device = [host.to(device, non_blocking=True) for host in self._host]
             torch.cuda.synchronize(device)
+            self._point_at(on_device)
         self.device = device
 
     def size_bytes(self) -> int:
@@ -670,8 +673,10 @@ class MultiModelGPUManager:
                         f"{name} ran out of GPU memory twice, even after the other models were moved out; "
                         "retry with shorter text, or free GPU memory used by other programs"
                     ) from exc
-                freed = self.recover_from_oom(exclude=name)
-                logger.warning("%s ran out of GPU memory; offloaded %s and retrying once", name, freed or "none")
+            # Recover outside the except block: the exception's traceback holds fn's frames and so their
+            # activation tensors; only once it is gone can the cache really be emptied.
+            freed = self.recover_from_oom(exclude=name)
+            logger.warning("%s ran out of GPU memory; offloaded %s and retrying once", name, freed or "none")
         raise AssertionError("unreachable")  # pragma: no cover
 
     def recover_from_oom(self, *, exclude: str | None = None) -> list[str]:
