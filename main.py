@@ -171,8 +171,9 @@ def start_mcp(service: Any, settings: Any, grace_s: float) -> FrontEnd:
         target=_run_logged, args=("MCP", lambda: server.run(sockets=[sock])), name="mcp", daemon=True
     )
     thread.start()
-    url = f"http://{_client_host(settings.host)}:{settings.mcp_port}{getattr(mcp_server, 'MCP_PATH', '/mcp')}"
-    return FrontEnd("mcp", "MCP", settings.mcp_port, url, url, stop, thread)
+    base = f"http://{_client_host(settings.host)}:{settings.mcp_port}"
+    # Probed at / (a 404): a request to /mcp itself would open and close an MCP session just to check the port.
+    return FrontEnd("mcp", "MCP", settings.mcp_port, f"{base}{mcp_server.MCP_PATH}", f"{base}/", stop, thread)
 
 
 def start_ui(service: Any, settings: Any, grace_s: float) -> FrontEnd:
