@@ -1,0 +1,371 @@
+"""The production loaders on the tiny checkpoints: codec lengths, restricted and seeded generation, Whisper,
+missing weights, offload."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from gpu_manager import ModelState, MultiModelGPUManager
+from llasa import models
+from llasa.config import Settings
+from llasa.errors import InvalidInput, ModelUnavailable
+from llasa.models import (
+    LLASA_CONTEXT_TOKENS,
+    LlasaModel,
+    SpeechOnlyLogitsProcessor,
+    WhisperTranscriber,
+    XCodec2Codec,
+    load_llasa,
+    load_whisper,
+    load_xcodec2,
+    register_models,
+)
+from llasa.types import TranscriptionResult
+
+SAMPLING = {"temperature": 0.8, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    base = tmp_path_factory.mktemp("models")
+    return Settings(
+        _env_file=None,
+        llasa_model=str(tiny_models / "llasa"),
+        xcodec2_model=str(tiny_models / "xcodec2"),
+        whisper_model=str(tiny_models / "whisper"),
+        device="cpu",
+        output_dir=base / "outputs",
+        temp_dir=base / "temp",
+        voices_dir=base / "voices",
+    )
+
+
+@pytest.fixture(scope="module")
+def llasa(settings: Settings) -> LlasaModel:
+    return load_llasa(settings, "cpu")
+
+
+@pytest.fixture(scope="module")
+def codec(settings: Settings) -> XCodec2Codec:
+    return load_xcodec2(settings, "cpu")
+
+
+@pytest.fixture(scope="module")
+def whisper(settings: Settings) -> WhisperTranscriber:
+    return load_whisper(settings, "cpu")
+
+
+@pytest.fixture(scope="module")
+def noise_3s() -> np.ndarray:
+    return (np.random.default_rng(7).standard_normal(48_000) * 0.1).astype(np.float32)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- XCodec2 ------------------------------------------------------------------------------------------------
+
+
+def test_codec_loads_fp32_on_cpu(codec: XCodec2Codec) -> None:
+    assert codec.model.dtype == torch.float32
+    assert codec.device == "cpu"
+    assert codec.codebook_size == 65536
+    assert codec.size_bytes() > 0
+
+
+def test_encode_3s_gives_151_codes_in_range(codec: XCodec2Codec, noise_3s: np.ndarray) -> None:
+    codes = codec.encode(noise_3s)
+    assert len(codes) == 151
+    assert all(isinstance(c, int) and 0 <= c <= 65535 for c in codes)
+    assert len(set(codes)) > 1  # the tiny codec is random but not constant
+
+
+def test_encode_speech_file(codec: XCodec2Codec, audio_dir: Path) -> None:
+    samples, rate = sf.read(audio_dir / "en_16k_mono.wav", dtype="float32")
+    assert rate == 16_000
+    codes = codec.encode(samples)
+    assert len(codes) == len(samples) // 320 + 1
+
+
+def test_encode_rejects_bad_shapes(codec: XCodec2Codec) -> None:
+    with pytest.raises(InvalidInput, match="mono"):
+        codec.encode(np.zeros(0, dtype=np.float32))
+    with pytest.raises(InvalidInput, match="mono"):
+        codec.encode(np.zeros((2, 1600), dtype=np.float32))
+
+
+@pytest.mark.parametrize("num_codes", [1, 2, 151, 400])
+def test_decode_length_is_exact(codec: XCodec2Codec, num_codes: int) -> None:
+    codes = np.random.default_rng(num_codes).integers(0, 65536, num_codes).tolist()
+    audio = codec.decode(codes)
+    assert audio.dtype == np.float32
+    assert audio.ndim == 1
+    assert audio.shape[0] == num_codes * 320
+    assert np.isfinite(audio).all()
+
+
+def test_decode_round_trip_and_edges(codec: XCodec2Codec, noise_3s: np.ndarray) -> None:
+    codes = codec.encode(noise_3s)
+    assert codec.decode(codes).shape == (len(codes) * 320,)
+    assert codec.decode([]).shape == (0,)
+    for bad in ([0, 65536], [-1]):
+        with pytest.raises(InvalidInput, match=r"0\.\.65535"):
+            codec.decode(bad)
+
+
+# --- Llasa --------------------------------------------------------------------------------------------------
+
+
+def test_llasa_loads_fp32_with_ids_from_its_tokenizer(llasa: LlasaModel) -> None:
+    assert llasa.model.dtype == torch.float32
+    assert llasa.device == "cpu"
+    tok = llasa.tokenizer
+    assert llasa.token_ids.speech_end_id == tok.convert_tokens_to_ids("<|SPEECH_GENERATION_END|>")
+    assert llasa.token_ids.first_speech_id == tok.convert_tokens_to_ids("<|s_0|>")
+    assert llasa.count_text_tokens("Hello world") == len(tok.encode("Hello world", add_special_tokens=False))
+    assert llasa.count_text_tokens("") == 0
+    ids = llasa.build_prompt_ids("Hi.", "Ref.", [1, 2, 3])
+    assert ids[-3:] == [llasa.token_ids.first_speech_id + c for c in (1, 2, 3)]
+
+
+def test_speech_only_processor_allows_speech_and_end_only(llasa: LlasaModel) -> None:
+    ids = llasa.token_ids
+    vocab = llasa.model.get_output_embeddings().weight.shape[0]
+    processor = SpeechOnlyLogitsProcessor(llasa._mask(torch.device("cpu"), torch.float32))
+    scores = torch.randn(2, vocab)
+    scores[:, 5] = 1e4  # a text token the raw model would pick
+    out = processor(torch.zeros(2, 3, dtype=torch.long), scores)
+    allowed = torch.isfinite(out[0]).nonzero().flatten()
+    assert set(allowed.tolist()) == {*range(ids.first_speech_id, ids.last_speech_id + 1), ids.speech_end_id}
+    assert int(out.argmax(-1)[0]) != 5
+    scores[:, ids.speech_end_id] = 1e5  # the end token stays reachable
+    assert int(processor(torch.zeros(2, 3, dtype=torch.long), scores).argmax(-1)[1]) == ids.speech_end_id
+
+
+def test_generate_gives_only_speech_and_stops_at_max_new_tokens(llasa: LlasaModel) -> None:
+    prompt_ids = llasa.build_prompt_ids("Hello world.", None, [])
+    codes = llasa.generate_codes(prompt_ids, max_new_tokens=24, seed=11, **SAMPLING)
+    # a random model samples text tokens freely; restricted, every one of the 24 steps is a speech code
+    assert len(codes) == 24
+    assert all(0 <= c <= 65535 for c in codes)
+
+
+def test_same_seed_same_codes_other_seed_other_codes(llasa: LlasaModel) -> None:
+    prompt_ids = llasa.build_prompt_ids("你好，世界。", "参考。", [5, 6, 7])
+    rng_before = torch.random.get_rng_state()
+    first = llasa.generate_codes(prompt_ids, max_new_tokens=16, seed=1234, **SAMPLING)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # the global RNG is left alone
+    again = llasa.generate_codes(prompt_ids, max_new_tokens=16, seed=1234, **SAMPLING)
+    other = llasa.generate_codes(prompt_ids, max_new_tokens=16, seed=4321, **SAMPLING)
+    assert first == again
+    assert first != other
+
+
+def test_sampling_parameters_are_applied(llasa: LlasaModel) -> None:
+    prompt_ids = llasa.build_prompt_ids("Hello.", None, [])
+    base = llasa.generate_codes(prompt_ids, max_new_tokens=12, seed=5, **SAMPLING)
+    greedy_ish = {"temperature": 0.8, "top_p": 1.0, "top_k": 1, "repetition_penalty": 1.0}
+    top1 = llasa.generate_codes(prompt_ids, max_new_tokens=12, seed=5, **greedy_ish)
+    top1_other_seed = llasa.generate_codes(prompt_ids, max_new_tokens=12, seed=6, **greedy_ish)
+    assert top1 == top1_other_seed  # top_k=1 leaves nothing to chance
+    assert top1 != base
+    penalised = llasa.generate_codes(
+        prompt_ids, max_new_tokens=12, seed=5, temperature=0.8, top_p=0.5, top_k=0, repetition_penalty=1.3
+    )
+    assert len(penalised) == 12
+
+
+def test_should_stop_cancels_generation(llasa: LlasaModel) -> None:
+    prompt_ids = llasa.build_prompt_ids("Hello.", None, [])
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    codes = llasa.generate_codes(prompt_ids, max_new_tokens=200, seed=1, should_stop=should_stop, **SAMPLING)
+    assert 1 <= len(codes) < 10
+    assert llasa.generate_codes(prompt_ids, max_new_tokens=50, seed=1, should_stop=lambda: True, **SAMPLING) == [
+        *llasa.generate_codes(prompt_ids, max_new_tokens=1, seed=1, **SAMPLING)
+    ]
+
+
+def test_generation_never_exceeds_the_context(llasa: LlasaModel) -> None:
+    reference = list(range(LLASA_CONTEXT_TOKENS - 120))
+    prompt_ids = llasa.build_prompt_ids("Hi.", "Ref.", reference)
+    room = LLASA_CONTEXT_TOKENS - len(prompt_ids)
+    assert 0 < room < 30
+    codes = llasa.generate_codes(prompt_ids, max_new_tokens=500, seed=2, **SAMPLING)
+    assert len(codes) <= room
+    too_long = llasa.build_prompt_ids("Hi.", "Ref.", list(range(LLASA_CONTEXT_TOKENS)))
+    with pytest.raises(InvalidInput, match="context"):
+        llasa.generate_codes(too_long, max_new_tokens=10, seed=2, **SAMPLING)
+
+
+def test_tokenizer_is_loaded_once_per_folder(settings: Settings, llasa: LlasaModel) -> None:
+    again = load_llasa(settings, "cpu")
+    try:
+        assert again.tokenizer is llasa.tokenizer
+        assert again.model is not llasa.model
+    finally:
+        again.close()
+    assert again.model is None
+
+
+# --- Whisper ------------------------------------------------------------------------------------------------
+
+
+def test_whisper_transcribes_with_vad_and_bounded_decode(whisper: WhisperTranscriber, audio_dir: Path) -> None:
+    assert whisper.device == "cpu"
+    assert whisper.compute_type == "int8"  # auto on the CPU
+    samples, _ = sf.read(audio_dir / "en_16k_mono.wav", dtype="float32")
+    result = whisper.transcribe(samples, "en", max_new_tokens=4)
+    assert isinstance(result, TranscriptionResult)
+    assert result.language == "en"
+    assert result.duration_s == pytest.approx(len(samples) / 16_000, abs=0.01)
+    assert all(seg.end_s >= seg.start_s for seg in result.segments)
+    detected = whisper.transcribe(samples, None, max_new_tokens=4)
+    assert detected.language  # auto-detected, whatever the random model thinks
+
+
+def test_whisper_silence_is_empty(whisper: WhisperTranscriber, audio_dir: Path) -> None:
+    samples, _ = sf.read(audio_dir / "silence_3s.wav", dtype="float32")
+    result = whisper.transcribe(samples, "en", max_new_tokens=4)
+    assert result.text == ""
+    assert result.segments == []
+
+
+def test_whisper_falls_back_to_cpu_when_ctranslate2_has_no_gpu(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On this machine CTranslate2 cannot start on CUDA: the transcriber must fall back with one log line."""
+    import ctranslate2
+
+    if ctranslate2.get_cuda_device_count() > 0:
+        pytest.skip("CTranslate2 sees a GPU here")
+    with caplog.at_level(logging.WARNING, logger="llasa.models"):
+        transcriber = WhisperTranscriber(Path(settings.whisper_model), "cuda:0")
+    assert transcriber.device == "cpu"
+    assert transcriber.fell_back_to_cpu
+    assert transcriber.compute_type == "int8"
+    lines = [r for r in caplog.records if "falling back" in r.getMessage() or "on the CPU instead" in r.getMessage()]
+    assert len(lines) == 1
+    transcriber.move_to("cpu")  # no-op, no error
+    assert transcriber.transcribe(np.zeros(16_000, dtype=np.float32), "en", max_new_tokens=2).text == ""
+
+
+def test_join_segments() -> None:
+    assert models._join_segments(["Hello", "world.", "你好", "世界"]) == "Hello world. 你好世界"
+    assert models._join_segments(["", "a"]) == "a"
+
+
+# --- missing weights ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "variable", "loader"),
+    [
+        ("llasa_model", "LLASA_MODEL", load_llasa),
+        ("xcodec2_model", "XCODEC2_MODEL", load_xcodec2),
+        ("whisper_model", "WHISPER_MODEL", load_whisper),
+    ],
+)
+def test_missing_folder_names_the_variable(
+    make_settings: Callable[..., Settings], tmp_path: Path, field: str, variable: str, loader
+) -> None:
+    missing = tmp_path / "nowhere" / "model"
+    with pytest.raises(ModelUnavailable, match=variable) as info:
+        loader(make_settings(**{field: str(missing)}), "cpu")
+    assert str(missing) in info.value.message
+    assert info.value.status_code == 503
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelUnavailable, match=variable) as info:
+        loader(make_settings(**{field: str(empty)}), "cpu")
+    assert info.value.__cause__ is not None or "model.bin" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("field", "variable", "loader", "value"),
+    [
+        ("llasa_model", "LLASA_MODEL", load_llasa, "nobody-here/no-such-llasa"),
+        ("xcodec2_model", "XCODEC2_MODEL", load_xcodec2, "nobody-here/no-such-codec"),
+        ("whisper_model", "WHISPER_MODEL", load_whisper, "tiny"),
+    ],
+)
+def test_unreachable_hub_is_model_unavailable(
+    make_settings: Callable[..., Settings], tmp_path: Path, field: str, variable: str, loader, value: str
+) -> None:
+    """HF_ENDPOINT points at a closed local port and HF_HOME at an empty cache: no download, a clear 503."""
+    settings = make_settings(
+        **{field: value}, hf_endpoint=f"http://127.0.0.1:{_free_port()}", hf_home=str(tmp_path / "hf")
+    )
+    with pytest.raises(ModelUnavailable, match=variable) as info:
+        loader(settings, "cpu")
+    assert info.value.__cause__ is not None
+    assert "HF_ENDPOINT" in info.value.message
+
+
+def test_hub_id_already_in_cache_loads_offline(
+    make_settings: Callable[..., Settings], tiny_models: Path, tmp_path: Path
+) -> None:
+    """A hub id found in HF_HOME's cache loads with the hub unreachable."""
+    repo = tmp_path / "hf" / "hub" / "models--tiny--xcodec2"
+    commit = "0" * 40
+    shutil.copytree(tiny_models / "xcodec2", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    settings = make_settings(
+        xcodec2_model="tiny/xcodec2", hf_endpoint=f"http://127.0.0.1:{_free_port()}", hf_home=str(tmp_path / "hf")
+    )
+    codec = load_xcodec2(settings, "cpu")
+    assert codec.decode([1, 2]).shape == (640,)
+
+
+def test_unknown_whisper_size_is_model_unavailable(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ModelUnavailable, match="WHISPER_MODEL"):
+        load_whisper(make_settings(whisper_model="gigantic-v9"), "cpu")
+
+
+# --- ManagedModel and the manager ---------------------------------------------------------------------------
+
+
+def test_move_to_cpu_keeps_models_working(
+    llasa: LlasaModel, codec: XCodec2Codec, whisper: WhisperTranscriber, noise_3s: np.ndarray
+) -> None:
+    for model in (llasa, codec, whisper):
+        model.move_to("cpu")
+        assert model.size_bytes() > 0
+    assert len(codec.encode(noise_3s)) == 151
+    prompt_ids = llasa.build_prompt_ids("Hi.", None, [])
+    assert len(llasa.generate_codes(prompt_ids, max_new_tokens=3, seed=1, **SAMPLING)) == 3
+    assert whisper.transcribe(noise_3s, "en", max_new_tokens=2).language == "en"
+
+
+def test_register_models_with_the_real_manager(settings: Settings, noise_3s: np.ndarray) -> None:
+    manager = MultiModelGPUManager(settings)
+    register_models(manager, settings)
+    try:
+        assert set(manager.model_names) >= {"llasa", "xcodec2", "whisper"}
+        assert manager.state_of("xcodec2") is ModelState.UNLOADED  # nothing loads at registration
+        with manager.use("xcodec2") as codec:
+            assert isinstance(codec, XCodec2Codec)
+            assert len(codec.encode(noise_3s)) == 151
+        with manager.use("whisper") as whisper:
+            assert isinstance(whisper, WhisperTranscriber)
+        manager.release()
+        assert manager.state_of("xcodec2") is ModelState.UNLOADED
+    finally:
+        manager.shutdown()
