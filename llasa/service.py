@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from llasa.audio import (
     encode_audio,
     load_audio,
     prepare_reference,
+    validate_output,
 )
 from llasa.config import Settings
 from llasa.errors import Cancelled, GenerationFailed, InvalidInput, VoiceExists
@@ -58,7 +58,10 @@ logger = logging.getLogger(__name__)
 LLASA, XCODEC2, WHISPER = "llasa", "xcodec2", "whisper"
 MIN_CHUNK_CODES = 2 * CODES_PER_SECOND
 """A reference that leaves room for less than this much new speech per chunk is refused."""
-_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$|^yue$|^haw$")
+CHUNK_MAX_SECONDS = 20.0
+"""The longest speech one chunk is planned for. The context allows ~40 s without a reference, but a random-walk
+sampler drifts on long stretches; sentences packed into <= 20 s chunks keep every chunk near the lengths the
+model saw in training. (The Llasa paper's chunked long-text evaluation is what this follows.)"""
 
 
 @dataclass
@@ -104,7 +107,9 @@ class TTSService:
 
         self.settings = settings
         self.manager = manager if manager is not None else MultiModelGPUManager(settings)
-        register_models(self.manager, settings)
+        # A manager shared with another service (the process-wide one) already has the loaders.
+        if LLASA not in self.manager.model_names:
+            register_models(self.manager, settings)
         self.voices = VoiceLibrary(settings.voices_dir)
         self.outputs = OutputStore(
             settings.output_dir, ttl_hours=settings.output_ttl_hours, base_url=settings.api_base_url
@@ -133,7 +138,7 @@ class TTSService:
         """
         started = time.perf_counter()
         plan = self._plan(text, reference_audio, reference_text, voice, language, params)
-        timings = {"transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
+        timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
         pieces: list[np.ndarray] = []
         num_codes = 0
         with self.manager.gpu_slot():
@@ -191,7 +196,7 @@ class TTSService:
     def _stream(
         self, plan: _Plan, progress: ProgressCallback | None, cancel: threading.Event | None
     ) -> Iterator[AudioPiece]:
-        timings = {"transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
+        timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
         joiner = StreamJoiner(self._crossfade_samples)
         with self.manager.gpu_slot():
             reference, chunks = self._prepare_run(plan, timings, progress)
@@ -322,9 +327,7 @@ class TTSService:
             transcript = plan.reference_text
             if not transcript:
                 _notify(progress, 0, 1, "transcribe")
-                t0 = time.perf_counter()
-                transcript = self._transcribe_samples(samples, plan.language).text
-                timings["transcribe"] = time.perf_counter() - t0
+                transcript = self._transcribe_samples(samples, plan.language, timings).text
                 if not normalize_text(transcript):
                     raise InvalidInput(
                         "no speech was recognised in the reference audio; give its transcript in reference_text, "
@@ -332,40 +335,39 @@ class TTSService:
                         field="reference_text",
                     )
             _notify(progress, 0, 1, "encode")
-            t0 = time.perf_counter()
-            with self.manager.use(XCODEC2) as codec:
+            with self._lease(XCODEC2, timings) as codec:
+                t0 = time.perf_counter()
                 codes = codec.encode(samples)
-            timings["encode"] = time.perf_counter() - t0
+                timings["encode"] = time.perf_counter() - t0
             reference = _Reference(
                 text=normalize_text(transcript),
                 codes=list(codes),
                 seconds=len(samples) / SAMPLE_RATE,
                 trimmed=plan.prepared.trimmed,
             )
-        chunks = self._split_text(plan, reference)
+        chunks = self._split_text(plan, reference, timings)
         return reference, chunks
 
     def _voice_codes(self, voice: VoiceInfo, timings: dict[str, float]) -> list[int]:
         if voice.codes and voice.codec_model == self.settings.xcodec2_model:
             return voice.codes
         # Saved with another codec checkpoint: its codes mean nothing to this one. Re-encode once and keep them.
-        t0 = time.perf_counter()
         samples = self.voices.load_reference(voice.name)
-        with self.manager.use(XCODEC2) as codec:
+        with self._lease(XCODEC2, timings) as codec:
+            t0 = time.perf_counter()
             codes = list(codec.encode(samples))
-        timings["encode"] = time.perf_counter() - t0
+            timings["encode"] = time.perf_counter() - t0
         self.voices.update_codes(voice.name, codes, codec_model=self.settings.xcodec2_model)
         logger.info("voice %r re-encoded for codec %s", voice.name, self.settings.xcodec2_model)
         return codes
 
-    def _split_text(self, plan: _Plan, reference: _Reference) -> list[str]:
+    def _split_text(self, plan: _Plan, reference: _Reference, timings: dict[str, float]) -> list[str]:
         from llasa.models import LLASA_CONTEXT_TOKENS
 
-        with self.manager.use(LLASA) as llasa:
+        with self._lease(LLASA, timings) as llasa:
             overhead = len(llasa.build_prompt_ids("", reference.text or None, reference.codes))
             # What is left of the context for one chunk's text tokens plus its new speech codes (+ the end token).
             room = LLASA_CONTEXT_TOKENS - overhead - 1
-            max_codes = int(plan.params.max_audio_seconds * CODES_PER_SECOND)
             if room < MIN_CHUNK_CODES:
                 raise InvalidInput(
                     f"the reference ({reference.seconds:.1f} s of audio and its transcript) fills "
@@ -377,7 +379,9 @@ class TTSService:
             def cost(chunk: str) -> int:
                 return llasa.count_text_tokens(" " + chunk) + estimate_speech_codes(chunk)
 
-            return chunk_text(plan.text, cost=cost, budget=min(room, max_codes + 64))
+            # Chunks depend on the text and the reference only; max_audio_seconds caps each chunk's generation
+            # (a bound on run-on sampling), it does not change how the text is split.
+            return chunk_text(plan.text, cost=cost, budget=min(room, int(CHUNK_MAX_SECONDS * CODES_PER_SECOND)))
 
     def _run_chunks(
         self,
@@ -400,8 +404,8 @@ class TTSService:
 
         # Both leases are held for the whole request so the codec and Llasa are not moved between chunks.
         with ExitStack() as leases:
-            codec = leases.enter_context(self.manager.use(XCODEC2))
-            llasa = leases.enter_context(self.manager.use(LLASA))
+            codec = leases.enter_context(self._lease(XCODEC2, timings))
+            llasa = leases.enter_context(self._lease(LLASA, timings))
             for index, chunk in enumerate(chunks):
                 if should_stop():
                     raise Cancelled("the synthesis was cancelled")
@@ -409,16 +413,25 @@ class TTSService:
                 prompt_ids = llasa.build_prompt_ids(chunk, reference.text or None, reference.codes)
                 max_new = min(max_codes, LLASA_CONTEXT_TOKENS - len(prompt_ids) - 1)
                 t0 = time.perf_counter()
-                codes = llasa.generate_codes(
-                    prompt_ids,
-                    max_new_tokens=max_new,
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    top_k=params.top_k,
-                    repetition_penalty=params.repetition_penalty,
-                    seed=(params.seed + index) % (MAX_SEED + 1),
-                    should_stop=should_stop,
-                )
+                chunk_seed = (params.seed + index) % (MAX_SEED + 1)
+
+                def generate(
+                    model: Any, prompt_ids: list[int] = prompt_ids, max_new: int = max_new, seed: int = chunk_seed
+                ) -> list[int]:
+                    return model.generate_codes(
+                        prompt_ids,
+                        max_new_tokens=max_new,
+                        temperature=params.temperature,
+                        top_p=params.top_p,
+                        top_k=params.top_k,
+                        repetition_penalty=params.repetition_penalty,
+                        seed=seed,
+                        should_stop=should_stop,
+                    )
+
+                # On CUDA out-of-memory the manager moves idle models out and runs it once more (it is seeded,
+                # so the retry gives the same codes).
+                codes = self.manager.run_with_oom_retry(LLASA, generate)
                 timings["generate"] += time.perf_counter() - t0
                 if should_stop():
                     raise Cancelled("the synthesis was cancelled")
@@ -436,6 +449,15 @@ class TTSService:
                 _notify(progress, index + 1, len(chunks), "chunk_done")
                 yield np.asarray(audio, dtype=np.float32), len(codes)
 
+    @contextmanager
+    def _lease(self, name: str, timings: dict[str, float] | None = None) -> Iterator[Any]:
+        """A manager lease whose wait (a load from disk or a reload from CPU RAM) is counted as timings["load"]."""
+        started = time.perf_counter()
+        with self.manager.use(name) as model:
+            if timings is not None:
+                timings["load"] = timings.get("load", 0.0) + time.perf_counter() - started
+            yield model
+
     # --- transcription -------------------------------------------------------------------------------------
 
     def transcribe(self, audio: AudioSource, *, language: str | None = None) -> TranscriptionResult:
@@ -445,9 +467,15 @@ class TTSService:
         with self.manager.gpu_slot():
             return self._transcribe_samples(samples, code)
 
-    def _transcribe_samples(self, samples: np.ndarray, language: str | None) -> TranscriptionResult:
-        with self.manager.use(WHISPER) as whisper:
-            return whisper.transcribe(samples, language)
+    def _transcribe_samples(
+        self, samples: np.ndarray, language: str | None, timings: dict[str, float] | None = None
+    ) -> TranscriptionResult:
+        with self._lease(WHISPER, timings) as whisper:
+            started = time.perf_counter()
+            result = whisper.transcribe(samples, language)
+            if timings is not None:
+                timings["transcribe"] = time.perf_counter() - started
+            return result
 
     # --- voices --------------------------------------------------------------------------------------------
 
@@ -502,10 +530,7 @@ class TTSService:
 
     def save_output(self, result: SynthesisResult, fmt: str = "wav", *, sample_rate: int | None = None) -> SavedOutput:
         """Encode a result and keep it under OUTPUT_DIR for download."""
-        if fmt not in AUDIO_FORMATS:
-            raise InvalidInput(
-                f"format {fmt!r} is not supported; use one of {', '.join(AUDIO_FORMATS)}", field="format"
-            )
+        fmt = validate_output(fmt, sample_rate or result.sample_rate)
         data = encode_audio(result.audio, result.sample_rate, fmt, target_sample_rate=sample_rate)
         return self.outputs.save(data, fmt, AUDIO_FORMATS[fmt])
 

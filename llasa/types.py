@@ -89,7 +89,7 @@ class SynthesisResult:
     """The transcript the model was conditioned on (given, transcribed, or the saved voice's); "" without one."""
     chunks: int
     timings_s: dict[str, float]
-    """Wall time per stage: transcribe, encode, generate, decode (and total)."""
+    """Wall time per stage: load (models coming from disk or CPU RAM), transcribe, encode, generate, decode, total."""
     reference_seconds: float = 0.0
     reference_trimmed: bool = False
     """True when the reference was longer than MAX_REFERENCE_SECONDS and was cut to it."""

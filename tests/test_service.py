@@ -1,0 +1,264 @@
+"""TTSService end to end on the tiny checkpoints: the real loaders, the real pipeline, noise for audio."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from llasa.config import Settings
+from llasa.errors import (
+    AudioTooShort,
+    Cancelled,
+    InvalidInput,
+    SilentAudio,
+    UnsupportedAudio,
+    VoiceExists,
+    VoiceNotFound,
+)
+from llasa.service import TTSService
+from llasa.types import SAMPLE_RATE, SAMPLES_PER_CODE, GenerationParams
+
+SHORT = GenerationParams(max_audio_seconds=0.6, seed=1234)
+EN_TRANSCRIPT = "The quick brown fox jumps over the lazy dog. This is a short reference recording."
+
+
+@pytest.fixture(scope="module")
+def service(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("service")
+    settings = Settings(
+        _env_file=None,
+        llasa_model=str(tiny_models / "llasa"),
+        xcodec2_model=str(tiny_models / "xcodec2"),
+        whisper_model=str(tiny_models / "whisper"),
+        device="cpu",
+        output_dir=root / "outputs",
+        temp_dir=root / "temp",
+        voices_dir=root / "voices",
+        gpu_monitor_interval=0.05,
+        crossfade_ms=40,
+    )
+    svc = TTSService(settings)
+    yield svc
+    svc.shutdown()
+
+
+def test_synthesis_without_reference(service: TTSService) -> None:
+    result = service.synthesize("Hello world.", params=SHORT)
+    assert result.sample_rate == SAMPLE_RATE
+    assert result.audio.dtype == np.float32
+    assert result.audio.ndim == 1
+    assert result.chunks == 1
+    assert 0 < result.num_codes <= 30
+    # One chunk and no reference: exactly one code's worth of samples per code, nothing cut.
+    assert len(result.audio) == result.num_codes * SAMPLES_PER_CODE
+    assert result.reference_text == ""
+    assert set(result.timings_s) == {"load", "transcribe", "encode", "generate", "decode", "total"}
+    assert result.timings_s["encode"] == 0.0
+    assert result.seed == 1234
+
+
+def test_reference_with_transcript_cuts_exactly_the_reference(service: TTSService, audio_dir: Path) -> None:
+    result = service.synthesize(
+        "Nice to meet you.",
+        reference_audio=audio_dir / "en_16k_mono.wav",
+        reference_text=EN_TRANSCRIPT,
+        params=SHORT,
+    )
+    assert result.reference_text == EN_TRANSCRIPT
+    assert result.reference_seconds == pytest.approx(5.8, abs=0.3)
+    assert result.timings_s["transcribe"] == 0.0
+    assert result.timings_s["encode"] > 0
+    # The decoder ran on reference + new codes; only the new codes' samples may remain.
+    assert result.chunks == 1
+    assert len(result.audio) == result.num_codes * SAMPLES_PER_CODE
+    assert not result.reference_trimmed
+
+
+def test_reference_without_transcript_is_transcribed(service: TTSService, audio_dir: Path) -> None:
+    data = (audio_dir / "zh_16k_mono.flac").read_bytes()
+    result = service.synthesize("今天天气很好。", reference_audio=data, language="zh", params=SHORT)
+    assert result.timings_s["transcribe"] > 0
+    assert result.reference_text.strip()
+    assert len(result.audio) == result.num_codes * SAMPLES_PER_CODE
+
+
+def test_same_seed_same_audio_other_seed_other_audio(service: TTSService) -> None:
+    first = service.synthesize("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=7))
+    second = service.synthesize("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=7))
+    other = service.synthesize("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=8))
+    np.testing.assert_array_equal(first.audio, second.audio)
+    assert first.num_codes != other.num_codes or not np.array_equal(first.audio, other.audio)
+
+
+def test_unset_seed_is_reported_and_reproduces(service: TTSService) -> None:
+    first = service.synthesize("Pick a seed.", params=GenerationParams(max_audio_seconds=0.4))
+    assert first.seed is not None
+    again = service.synthesize("Pick a seed.", params=GenerationParams(max_audio_seconds=0.4, seed=first.seed))
+    np.testing.assert_array_equal(first.audio, again.audio)
+
+
+def test_long_text_is_chunked_and_joined(service: TTSService) -> None:
+    text = " ".join(f"This is sentence number {i}, spoken slowly and clearly." for i in range(40))
+    text += "这是中文的句子。还有一句！"
+    progress: list[tuple[int, int, str]] = []
+    result = service.synthesize(
+        text,
+        params=GenerationParams(max_audio_seconds=0.2, seed=3),
+        progress=lambda done, total, stage: progress.append((done, total, stage)),
+    )
+    assert result.chunks > 1
+    crossfade = SAMPLE_RATE * 40 // 1000
+    # Every chunk is longer than the crossfade, so each join overlaps exactly one crossfade.
+    assert len(result.audio) == result.num_codes * SAMPLES_PER_CODE - (result.chunks - 1) * crossfade
+    done_events = [p for p in progress if p[2] == "chunk_done"]
+    assert [d for d, _, _ in done_events] == list(range(1, result.chunks + 1))
+    assert all(total == result.chunks for _, total, _ in done_events)
+
+
+def test_stream_equals_synthesize(service: TTSService) -> None:
+    text = "First sentence here. Second sentence there. Third one to finish."
+    params = GenerationParams(max_audio_seconds=0.3, seed=11)
+    whole = service.synthesize(text, params=params)
+    pieces = list(service.synthesize_stream(text, params=params))
+    assert pieces[-1].final
+    streamed = np.concatenate([p.audio for p in pieces])
+    np.testing.assert_allclose(streamed, whole.audio, atol=1e-6)
+
+
+def test_long_reference_is_trimmed_and_said_so(service: TTSService, audio_dir: Path) -> None:
+    result = service.synthesize(
+        "Short text.",
+        reference_audio=audio_dir / "en_long_22k.ogg",
+        reference_text="This sentence is repeated to make a recording that is longer than fifteen seconds.",
+        params=SHORT,
+    )
+    assert result.reference_trimmed
+    assert result.reference_seconds <= service.settings.max_reference_seconds + 1e-6
+    assert any("trimmed" in w for w in result.warnings)
+    # The given transcript covered 24 s of audio; the kept part was transcribed again.
+    assert result.timings_s["transcribe"] > 0
+
+
+def test_stereo_44k_reference_is_accepted(service: TTSService, audio_dir: Path) -> None:
+    result = service.synthesize(
+        "Okay.", reference_audio=audio_dir / "en_44k_stereo.wav", reference_text=EN_TRANSCRIPT, params=SHORT
+    )
+    assert result.reference_seconds == pytest.approx(5.8, abs=0.3)
+
+
+def test_cancel_before_start(service: TTSService) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        service.synthesize("Never spoken.", params=SHORT, cancel=cancel)
+
+
+def test_voice_library_through_the_service(service: TTSService, audio_dir: Path) -> None:
+    info = service.create_voice("narrator", audio_dir / "en_16k_mono.wav", EN_TRANSCRIPT)
+    assert info.num_codes == pytest.approx(info.duration_s * 50, abs=2)
+    assert [v.name for v in service.list_voices()] == ["narrator"]
+    with pytest.raises(VoiceExists):
+        service.create_voice("narrator", audio_dir / "en_16k_mono.wav", EN_TRANSCRIPT)
+    result = service.synthesize("Using a saved voice.", voice="narrator", params=SHORT)
+    assert result.voice == "narrator"
+    assert result.reference_text == EN_TRANSCRIPT
+    # Saved codes are reused: no transcription and no encoding.
+    assert result.timings_s["transcribe"] == 0.0
+    assert result.timings_s["encode"] == 0.0
+    assert len(result.audio) == result.num_codes * SAMPLES_PER_CODE
+    assert service.voice_audio_path("narrator").is_file()
+    service.delete_voice("narrator")
+    with pytest.raises(VoiceNotFound):
+        service.synthesize("Gone.", voice="narrator", params=SHORT)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus", "aac", "pcm"])
+def test_saved_output_decodes_back(service: TTSService, fmt: str) -> None:
+    result = service.synthesize("Format check.", params=GenerationParams(max_audio_seconds=0.6, seed=5))
+    rate = 24_000 if fmt in ("pcm", "opus") else None
+    saved = service.save_output(result, fmt, sample_rate=rate)
+    data = service.output_path(saved.id).read_bytes()
+    assert len(data) == saved.size_bytes
+    expected_rate = rate or SAMPLE_RATE
+    if fmt == "pcm":
+        assert len(data) == 2 * round(result.duration_s * expected_rate)
+        return
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        decoded = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
+        assert stream.codec_context.sample_rate in (expected_rate, 48_000)
+        seconds = len(decoded) / stream.codec_context.sample_rate
+    # mp3 and ADTS aac add encoder priming/padding they cannot signal (up to ~2 frames of 1024-1152 samples).
+    tolerance_s = 0.16 if fmt in ("mp3", "aac") else 0.03
+    assert seconds == pytest.approx(result.duration_s, abs=tolerance_s)
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t  ", None, 42])
+def test_empty_or_wrong_type_text(service: TTSService, text: object) -> None:
+    with pytest.raises(InvalidInput) as excinfo:
+        service.synthesize(text)  # type: ignore[arg-type]
+    assert excinfo.value.field == "text"
+
+
+def test_text_over_the_limit(service: TTSService) -> None:
+    with pytest.raises(InvalidInput, match="MAX_TEXT_CHARS") as excinfo:
+        service.synthesize("a" * (service.settings.max_text_chars + 1))
+    assert excinfo.value.field == "text"
+
+
+def test_conflicting_reference_arguments(service: TTSService, audio_dir: Path) -> None:
+    with pytest.raises(InvalidInput, match="reference_text"):
+        service.synthesize("Hi.", reference_text="orphan transcript")
+    with pytest.raises(InvalidInput, match="either"):
+        service.synthesize("Hi.", voice="someone", reference_audio=audio_dir / "en_16k_mono.wav")
+    with pytest.raises(VoiceNotFound):
+        service.synthesize("Hi.", voice="nobody-by-this-name")
+
+
+def test_bad_reference_audio(service: TTSService, audio_dir: Path) -> None:
+    with pytest.raises(SilentAudio):
+        service.synthesize("Hi.", reference_audio=audio_dir / "silence_3s.wav", reference_text="x")
+    wav = (audio_dir / "en_16k_mono.wav").read_bytes()
+    with pytest.raises(UnsupportedAudio):
+        service.synthesize("Hi.", reference_audio=wav[:100], reference_text="x")
+    with pytest.raises(UnsupportedAudio):
+        service.synthesize("Hi.", reference_audio=b"this is not audio at all" * 10, reference_text="x")
+    buffer = io.BytesIO()
+    import soundfile
+
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(3200) / SAMPLE_RATE)
+    soundfile.write(buffer, tone.astype(np.float32), SAMPLE_RATE, format="WAV")
+    with pytest.raises(AudioTooShort, match=r"0\.5"):
+        service.synthesize("Hi.", reference_audio=buffer.getvalue(), reference_text="x")
+
+
+@pytest.mark.parametrize("language", ["klingon", "english!", 5])
+def test_bad_language(service: TTSService, audio_dir: Path, language: object) -> None:
+    with pytest.raises(InvalidInput) as excinfo:
+        service.transcribe(audio_dir / "en_16k_mono.wav", language=language)  # type: ignore[arg-type]
+    assert excinfo.value.field == "language"
+
+
+def test_bad_parameters_fail_before_any_model_work(service: TTSService) -> None:
+    with pytest.raises(InvalidInput) as excinfo:
+        service.synthesize("Hi.", params=GenerationParams(temperature=0))
+    assert excinfo.value.field == "temperature"
+
+
+def test_health_and_status(service: TTSService) -> None:
+    service.synthesize("Warm up.", params=SHORT)
+    health = service.health()
+    assert health["status"] == "ok"
+    assert set(health["models"]) == {"llasa", "xcodec2", "whisper"}
+    status = service.gpu_status()
+    assert status["models"]["llasa"]["state"] in ("gpu", "cpu")
+    service.release()
+    assert all(state == "unloaded" for state in service.health()["models"].values())
