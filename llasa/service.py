@@ -472,7 +472,7 @@ class TTSService:
     ) -> TranscriptionResult:
         with self._lease(WHISPER, timings) as whisper:
             started = time.perf_counter()
-            result = whisper.transcribe(samples, language)
+            result = whisper.transcribe(samples, language, max_new_tokens=self.settings.whisper_max_new_tokens or None)
             if timings is not None:
                 timings["transcribe"] = time.perf_counter() - started
             return result

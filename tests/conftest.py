@@ -90,6 +90,8 @@ def make_settings(tiny_models: Path, tmp_path: Path) -> Callable[..., Settings]:
             "temp_dir": tmp_path / "temp",
             "voices_dir": tmp_path / "voices",
             "gpu_monitor_interval": 0.05,
+            # A random Whisper never stops on its own: bound each window so transcription stays quick.
+            "whisper_max_new_tokens": 24,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)

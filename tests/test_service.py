@@ -41,6 +41,7 @@ def service(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory):
         voices_dir=root / "voices",
         gpu_monitor_interval=0.05,
         crossfade_ms=40,
+        whisper_max_new_tokens=24,
     )
     svc = TTSService(settings)
     yield svc

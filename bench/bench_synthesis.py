@@ -1,0 +1,129 @@
+"""Synthesis benchmark: per-stage medians through TTSService, and our generation loop against plain generate().
+
+    python bench/bench_synthesis.py                      # tiny checkpoints (built once, cached)
+    python bench/bench_synthesis.py --models DIR         # DIR/llasa, DIR/xcodec2, DIR/whisper
+    python bench/bench_synthesis.py --llasa HKUSTAudio/Llasa-1B --xcodec2 ... --whisper ... --device cuda
+
+Part 1 runs the whole pipeline N times (reference without transcript, so every stage runs) and prints the median
+of each stage. Part 2 measures generation alone: `LlasaModel.generate_codes` (speech-only logits mask, cancel
+check, seeded RNG fork) against a plain `model.generate` on the same prompt with the same sampling settings,
+interleaved in the same run, and prints tokens/s of each and their ratio (goal: ours >= 0.95 of plain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _tiny_models() -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import build_cached_tiny_models
+
+    return build_cached_tiny_models(Path(os.environ.get("LLASA_CACHE_DIR", Path.home() / ".cache" / "llasa-tts")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, help="folder with llasa/, xcodec2/, whisper/ (default: tiny ones)")
+    parser.add_argument("--llasa", help="LLASA_MODEL (hub id or folder); overrides --models")
+    parser.add_argument("--xcodec2", help="XCODEC2_MODEL; overrides --models")
+    parser.add_argument("--whisper", help="WHISPER_MODEL; overrides --models")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=100, help="speech tokens per generation (50 = 1 s)")
+    parser.add_argument("--reference", type=Path, default=REPO / "tests" / "data" / "audio" / "en_16k_mono.wav")
+    args = parser.parse_args()
+
+    import torch
+
+    from llasa.config import Settings
+    from llasa.service import TTSService
+    from llasa.types import GenerationParams
+
+    models = args.models or (None if (args.llasa and args.xcodec2 and args.whisper) else _tiny_models())
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-synthesis-{os.getpid()}"
+    settings = Settings(
+        _env_file=None,
+        llasa_model=args.llasa or str(models / "llasa"),
+        xcodec2_model=args.xcodec2 or str(models / "xcodec2"),
+        whisper_model=args.whisper or str(models / "whisper"),
+        device=args.device,
+        gpu_offload_after_use=False,  # measure the stages, not offload/reload (bench_gpu_manager does that)
+        output_dir=scratch / "outputs",
+        temp_dir=scratch / "temp",
+        voices_dir=scratch / "voices",
+    )
+    service = TTSService(settings)
+    params = GenerationParams(max_audio_seconds=args.new_tokens / 50, seed=0)
+
+    # Warm-up: loads every model, so part 1 measures steady-state requests.
+    service.synthesize("Warm up.", reference_audio=args.reference, params=params)
+
+    stages: dict[str, list[float]] = {}
+    for run in range(args.runs):
+        params.seed = run
+        result = service.synthesize(
+            "The benchmark reads this sentence aloud.", reference_audio=args.reference, params=params
+        )
+        for stage, seconds in result.timings_s.items():
+            stages.setdefault(stage, []).append(seconds)
+        stages.setdefault("audio seconds", []).append(result.duration_s)
+
+    # Part 2: generation alone, ours against plain generate(), interleaved.
+    with service.manager.use("llasa") as llasa:
+        prepared_codes = list(range(0, 65536, 65536 // 250))[:250]  # a 5 s reference's worth of codes
+        prompt_ids = llasa.build_prompt_ids("The benchmark reads this sentence aloud.", "A reference.", prepared_codes)
+        end_id = llasa.token_ids.speech_end_id
+        input_ids = torch.tensor([prompt_ids], device=llasa.model.device)
+        sampling = {"temperature": 0.8, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+        ours: list[float] = []
+        plain: list[float] = []
+        for run in range(args.runs):
+            started = time.perf_counter()
+            codes = llasa.generate_codes(
+                prompt_ids, max_new_tokens=args.new_tokens, seed=run, should_stop=lambda: False, **sampling
+            )
+            ours.append(len(codes) / (time.perf_counter() - started))
+            torch.manual_seed(run)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                output = llasa.model.generate(
+                    input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    do_sample=True,
+                    max_new_tokens=args.new_tokens,
+                    eos_token_id=end_id,
+                    pad_token_id=end_id,
+                    **sampling,
+                )
+            plain.append((output.shape[1] - input_ids.shape[1]) / (time.perf_counter() - started))
+    service.shutdown()
+
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    print(f"\n# bench_synthesis  {stamp}  {platform.node()}  device={service.manager.device}")
+    print(f"# llasa={settings.llasa_model}  runs={args.runs}  new tokens={args.new_tokens}  torch={torch.__version__}")
+    print(f"# cpu cores={os.cpu_count()}  prompt tokens={len(prompt_ids)}\n")
+    print("| stage | median (s) | min (s) | max (s) |")
+    print("|---|---|---|---|")
+    for stage, values in stages.items():
+        print(f"| {stage} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+    ours_median, plain_median = statistics.median(ours), statistics.median(plain)
+    print("\n| generation | tokens/s (median) | min | max |")
+    print("|---|---|---|---|")
+    print(f"| ours: generate_codes | {ours_median:.1f} | {min(ours):.1f} | {max(ours):.1f} |")
+    print(f"| baseline: plain model.generate | {plain_median:.1f} | {min(plain):.1f} | {max(plain):.1f} |")
+    print(f"\nratio ours / plain = {ours_median / plain_median:.3f}  (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
