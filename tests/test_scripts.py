@@ -420,3 +420,102 @@ def test_stop_leaves_an_unrelated_process_alone(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+# --- end to end: ./start.sh --local --demo, one synthesis per front end, ./stop.sh -----------------------------
+
+
+def processes_in(folder: Path) -> list[str]:
+    """Live processes running in `folder` or naming it on their command line."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        inside = str(folder) in cmdline or cwd == str(folder) or cwd.startswith(f"{folder}/")
+        if inside and alive(int(proc.name)):
+            found.append(f"{proc.name}: {cmdline.strip()}")
+    return found
+
+
+@pytest.mark.slow
+def test_local_demo_start_synthesise_everywhere_stop(tmp_path: Path) -> None:
+    if not venv_is_current():
+        pytest.skip("the test virtualenv is not stamped with the current requirements (run ./test_all.sh)")
+    import asyncio
+
+    import requests
+    from fastmcp import Client as McpClient
+    from gradio_client import Client as GradioClient
+
+    checkout = copy_checkout(tmp_path / "checkout")
+    # A machine without a usable GPU, whatever this one has: the service runs on the CPU.
+    no_gpu = fake_nvidia_smi(tmp_path, "No devices were found\n", exit_code=6)
+    ports = {"UI_PORT": free_port(), "API_PORT": free_port(), "MCP_PORT": free_port()}
+    env = {k: v for k, v in os.environ.items() if k not in {"GPU_ID", "LLASA_MODEL", "DEVICE"}}
+    env.update(current_venv_env(), HOST="127.0.0.1", START_TIMEOUT_S="400", PATH=f"{no_gpu}:{os.environ['PATH']}")
+    env.update({name: str(port) for name, port in ports.items()})
+    try:
+        started = run(["./start.sh", "--local", "--demo"], env=env, cwd=checkout, timeout=600)
+        log_file = checkout / "logs" / "llasa-tts.log"
+        log = log_file.read_text(errors="replace") if log_file.exists() else ""
+        assert started.returncode == 0, started.stdout + started.stderr + log
+        assert "no usable NVIDIA GPU" in started.stdout
+        assert f"REST API:  http://127.0.0.1:{ports['API_PORT']}" in started.stdout
+        assert (checkout / ".env").exists()
+        assert (checkout / "demo_models" / "llasa" / "config.json").exists()
+        assert "Llasa TTS is up in" in log
+
+        api = f"http://127.0.0.1:{ports['API_PORT']}"
+        health = requests.get(f"{api}/health", timeout=10).json()
+        assert health["status"] == "ok"
+
+        # REST
+        response = requests.post(
+            f"{api}/api/tts", data={"text": "Hello there.", "max_audio_seconds": 1, "seed": 1}, timeout=300
+        )
+        assert response.status_code == 200, response.text
+        assert response.content[:4] == b"RIFF"
+
+        # MCP, with the fastmcp client
+        async def mcp_call() -> dict:
+            async with McpClient(f"http://127.0.0.1:{ports['MCP_PORT']}/mcp") as client:
+                result = await client.call_tool("generate_speech", {"text": "Hi.", "max_audio_seconds": 1, "seed": 2})
+                return result.structured_content
+
+        speech = asyncio.run(mcp_call())
+        assert Path(speech["path"]).is_file()
+        assert Path(speech["path"]).resolve().is_relative_to(checkout.resolve())  # OUTPUT_DIR of the checkout
+
+        # Web UI, with gradio_client
+        ui = GradioClient(f"http://127.0.0.1:{ports['UI_PORT']}/", verbose=False)
+        audio_path, *_ = ui.predict(
+            voice_mode="none",
+            reference_audio=None,
+            reference_text="",
+            voice=None,
+            text_input="Good morning.",
+            max_seconds=1,
+            seed=3,
+            api_name="/synthesize",
+        )
+        assert Path(audio_path).read_bytes()[:4] == b"RIFF"
+
+        pid = int((checkout / "logs" / "llasa-tts.pid").read_text())
+    finally:
+        stopped = run(["./stop.sh"], env=env, cwd=checkout, timeout=180)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "stopped." in stopped.stdout
+    assert not alive(pid)
+    assert processes_in(checkout) == []
+    assert not (checkout / "logs" / "llasa-tts.pid").exists()
+    log = (checkout / "logs" / "llasa-tts.log").read_text(errors="replace")
+    assert "SIGTERM received" in log
+    assert "llasa released" in log
+    assert "shutdown complete, every model released" in log
+    # A second stop finds nothing to do.
+    assert "nothing to stop" in run(["./stop.sh"], env=env, cwd=checkout).stdout
