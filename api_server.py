@@ -625,6 +625,9 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
         sample_rate = parse_sample_rate(fields.get("sample_rate"))
         kwargs = _tts_arguments(ctx, fields, files)
         if is_async:
+            # A bad request must get its 4xx now, not become a failed job: synthesize_stream() validates every
+            # argument eagerly (text, voice, reference, language, parameters) and touches no model until iterated.
+            service.synthesize_stream(**kwargs).close()
             job = ctx.jobs.submit(kwargs, fmt=fmt, sample_rate=sample_rate)
             response = jsonify(job.to_dict(output_url))
             response.headers["Location"] = f"/api/jobs/{job.id}"
@@ -747,6 +750,8 @@ def create_app(service: Any, settings: Settings) -> Flask:
     from api_openai import register_openai_routes
 
     app = Flask(__name__)
+    # '//' in a path must reach the routes (and be refused there as JSON), not be redirected to another URL.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
