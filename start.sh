@@ -178,9 +178,22 @@ compose() { docker compose --project-directory "$repo_dir" -f "$repo_dir/docker-
 
 # --- waiting -------------------------------------------------------------------------------------------------
 
-# HTTP status of URL ("000" when nothing answers).
+# HTTP status of URL ("000" when nothing answers). Without curl, a minimal HTTP/1.0 GET over bash's /dev/tcp.
 http_status() {
-  curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$1" 2>/dev/null || true
+  local url=$1 rest hostport path line code
+  if command -v curl >/dev/null 2>&1; then
+    curl -s -o /dev/null -w '%{http_code}' --max-time 3 "$url" 2>/dev/null || true
+    return 0
+  fi
+  rest=${url#http://}
+  hostport=${rest%%/*}
+  path=/${rest#*/}
+  [ "$rest" = "$hostport" ] && path=/
+  # shellcheck disable=SC2016 # the inner script expands its own positional parameters
+  line=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2" && printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3 &&
+    head -n 1 <&3' _ "${hostport%:*}" "${hostport##*:}" "$path" 2>/dev/null) || true
+  code=$(printf '%s' "$line" | awk '/^HTTP\// { print $2 }')
+  printf '%s\n' "${code:-000}"
 }
 
 # Polls until /health answers 200 and the UI and MCP ports answer at all, or START_TIMEOUT_S passes. A second

@@ -27,7 +27,7 @@ VENV_BIN = Path(sys.executable).parent
 SCRIPTS = ["start.sh", "stop.sh", "scripts/venv.sh"]
 # Commands start.sh's functions use; the "no nvidia-smi" case runs with a PATH holding only these.
 BASE_TOOLS = ["bash", "env", "awk", "paste", "head", "tail", "cat", "grep", "sed", "sha256sum", "cut", "tr"]
-BASE_TOOLS += ["mktemp", "mv", "cp", "rm", "mkdir", "id", "sleep", "dirname"]
+BASE_TOOLS += ["mktemp", "mv", "cp", "rm", "mkdir", "id", "sleep", "dirname", "timeout"]
 
 
 def tool(name: str) -> str:
@@ -243,6 +243,31 @@ def test_config_value_prefers_environment_then_env_file_then_default(tmp_path: P
     snippet = "config_value API_PORT 7861; config_value UI_PORT 7860; config_value MCP_PORT 7862"
     result = bash_with_start_functions(snippet, env_file, UI_PORT="9100")
     assert result.stdout.split() == ["9001", "9100", "7862"]
+
+
+def test_http_status_works_without_curl(tmp_path: Path) -> None:
+    """start.sh waits for the service with curl, or with bash's /dev/tcp where curl is missing."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        snippet = f"http_status {base}/health; echo; http_status {base}/nope; echo; http_status http://127.0.0.1:{free_port()}/"
+        for path in (str(tools_only_path(tmp_path)), os.environ["PATH"]):
+            result = bash_with_start_functions(snippet, tmp_path / ".env", PATH=path)
+            assert result.stdout.split() == ["200", "404", "000"], (path, result.stdout, result.stderr)
+    finally:
+        server.shutdown()
 
 
 def copy_checkout(destination: Path) -> Path:
