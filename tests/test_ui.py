@@ -1,0 +1,400 @@
+"""The web UI over a real socket: gradio_client against `create_ui` + `launch_ui` on the real TTSService (tiny models).
+
+One UI is launched per module on a free 127.0.0.1 port; the tests call its named endpoints (`api_name=`) the way
+a Python user would, and check the files, tables and errors that come back.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+import soundfile
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+import app
+import ui_i18n
+from llasa.config import Settings
+from llasa.service import TTSService
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _settings(tiny_models: Path, root: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "llasa_model": str(tiny_models / "llasa"),
+        "xcodec2_model": str(tiny_models / "xcodec2"),
+        "whisper_model": str(tiny_models / "whisper"),
+        "device": "cpu",
+        "host": "127.0.0.1",
+        "ui_port": _free_port(),
+        "output_dir": root / "outputs",
+        "temp_dir": root / "temp",
+        "voices_dir": root / "voices",
+        "gpu_monitor_interval": 0.05,
+        # Short generations keep the suite fast: 1 s of audio is 50 codes for the tiny model.
+        "max_audio_seconds": 1.0,
+        "max_queue": 3,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="module")
+def ui(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    root = tmp_path_factory.mktemp("ui")
+    settings = _settings(tiny_models, root)
+    service = TTSService(settings)
+    demo = app.create_ui(service, settings)
+    url = app.launch_ui(demo, settings, prevent_thread_lock=True)
+    client = Client(url, verbose=False, analytics_enabled=False, download_files=str(root / "downloads"))
+    try:
+        yield SimpleNamespace(settings=settings, service=service, demo=demo, url=url, client=client, root=root)
+    finally:
+        client.close()
+        demo.close()
+        service.shutdown()
+
+
+def _synthesize(client: Client, **overrides: object) -> tuple:
+    arguments: dict[str, object] = {
+        "voice_mode": "reference",
+        "reference_audio": None,
+        "reference_text": "",
+        "voice": None,
+        "language": "auto",
+        "text_input": "Hello from the web UI.",
+        "max_seconds": 1,
+        "seed": 7,
+        "output_format": "wav",
+    }
+    arguments.update(overrides)
+    return client.predict(**arguments, api_name="/synthesize")
+
+
+# --- pure helpers ---------------------------------------------------------------------------------------------
+
+
+def test_both_languages_have_every_key_with_the_same_placeholders() -> None:
+    english, chinese = ui_i18n.STRINGS["en"], ui_i18n.STRINGS["zh"]
+    assert set(english) == set(chinese)
+    placeholder = re.compile(r"\{(\w+)[^}]*\}")
+    for key in english:
+        assert set(placeholder.findall(english[key])) == set(placeholder.findall(chinese[key])), key
+    static = ui_i18n.static_translations(max_text_chars=1234)
+    assert set(static) >= {"en", "zh", "zh-CN"}
+    assert "1234" in static["en"]["text_info"]
+    assert "1234" in static["zh-CN"]["text_info"]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, "en"),
+        ("", "en"),
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+        ("zh-TW", "zh"),
+        ("en-US,en;q=0.9", "en"),
+        ("fr-FR,fr;q=0.9", "en"),
+        ("fr;q=1.0, zh;q=0.5, en;q=0.9", "en"),
+        ("de, zh;q=0.8", "zh"),
+        ("en;q=bad, zh", "zh"),
+    ],
+)
+def test_language_follows_accept_language(header: str | None, expected: str) -> None:
+    assert ui_i18n.language_of(header) == expected
+
+
+def test_gradio_auth_parsing() -> None:
+    assert app.parse_gradio_auth("") is None
+    assert app.parse_gradio_auth("admin:pa:ss") == ("admin", "pa:ss")
+    for bad in ("admin", ":secret", "admin:"):
+        with pytest.raises(ValueError, match="user:password"):
+            app.parse_gradio_auth(bad)
+
+
+def test_app_imports_without_torch() -> None:
+    code = "import sys, app; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+# --- structure: one GPU queue ------------------------------------------------------------------------------------
+
+
+def test_gpu_events_share_one_queue_of_one(ui: SimpleNamespace) -> None:
+    fns = list(ui.demo.fns.values())
+    by_name = {fn.api_name: fn for fn in fns if fn.api_name}
+    for name in ("synthesize", "transcribe", "save_voice"):
+        assert by_name[name].concurrency_id == app.GPU_CONCURRENCY_ID, name
+        assert by_name[name].concurrency_limit == 1, name
+    # Auto-transcription on upload / end of recording runs the model too: same group.
+    transcribers = [fn for fn in fns if getattr(fn.fn, "__name__", "") == "transcribe"]
+    assert len(transcribers) == 3
+    assert {fn.concurrency_id for fn in transcribers} == {app.GPU_CONCURRENCY_ID}
+    assert ui.demo._queue.max_size == ui.settings.max_queue
+
+
+# --- synthesis ------------------------------------------------------------------------------------------------
+
+
+def test_synthesize_with_a_reference_file(ui: SimpleNamespace, audio_dir: Path) -> None:
+    outputs = _synthesize(ui.client, reference_audio=handle_file(str(audio_dir / "en_16k_mono.wav")))
+    playable, download, facts, _notice, history_md, history_files, transcript = outputs
+    samples, rate = soundfile.read(playable)
+    assert rate == 16000
+    assert 0 < len(samples) <= 16000 * 1.05
+    assert Path(download).suffix == ".wav"
+    assert "Seed" in facts
+    assert "| 7 |" in facts
+    assert "/api/outputs/" in facts
+    # The transcript box was empty, so it shows what the model was conditioned on (tiny Whisper's words).
+    assert transcript
+    assert "Hello from the web UI." in history_md
+    assert len(history_files) == 1
+
+
+def test_synthesize_mp3_keeps_a_wav_player_and_lists_the_session(ui: SimpleNamespace, audio_dir: Path) -> None:
+    reference = handle_file(str(audio_dir / "en_16k_mono.wav"))
+    outputs = _synthesize(
+        ui.client, reference_audio=reference, reference_text="Some words.", output_format="mp3", seed=11
+    )
+    playable, download, facts, *_ = outputs
+    assert Path(playable).suffix == ".wav"
+    assert Path(download).suffix == ".mp3"
+    assert Path(download).read_bytes()[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
+    assert "Some words" in facts
+
+
+def test_synthesize_with_a_saved_voice(ui: SimpleNamespace, audio_dir: Path) -> None:
+    reference = handle_file(str(audio_dir / "en_16k_mono.wav"))
+    message, table, *_ = ui.client.predict(
+        name="Alice 1",
+        reference_audio=reference,
+        reference_text="A saved transcript.",
+        overwrite=False,
+        api_name="/save_voice",
+    )
+    assert "Alice 1" in message
+    assert "A saved transcript" in table
+    assert [v.name for v in ui.service.list_voices()] == ["Alice 1"]
+
+    outputs = _synthesize(ui.client, voice_mode="saved", voice="Alice 1", seed=3)
+    samples, rate = soundfile.read(outputs[0])
+    assert rate == 16000
+    assert len(samples) > 0
+    assert "Alice 1" in outputs[2]
+    assert "A saved transcript" in outputs[2]
+
+    with pytest.raises(AppError, match="already exists") as caught:
+        ui.client.predict(
+            name="Alice 1", reference_audio=reference, reference_text="x", overwrite=False, api_name="/save_voice"
+        )
+    assert "Traceback" not in str(caught.value)
+
+    preview, transcript_md = ui.client.predict(name="Alice 1", api_name="/preview_voice")
+    assert soundfile.info(preview).samplerate == 16000
+    assert "A saved transcript" in transcript_md
+
+    message, table, *_ = ui.client.predict(name="Alice 1", api_name="/delete_voice")
+    assert "Alice 1" in message
+    assert ui.service.list_voices() == []
+    with pytest.raises(AppError, match="Alice 1"):
+        _synthesize(ui.client, voice_mode="saved", voice="Alice 1")
+
+
+def test_errors_are_readable_messages(ui: SimpleNamespace, audio_dir: Path) -> None:
+    with pytest.raises(AppError, match="text is empty") as caught:
+        _synthesize(ui.client, voice_mode="none", text_input="   ")
+    assert "Traceback" not in str(caught.value)
+    with pytest.raises(AppError, match="limit is 5000"):
+        _synthesize(ui.client, voice_mode="none", text_input="a" * 5001)
+    with pytest.raises(AppError, match="reference clip"):
+        _synthesize(ui.client, voice_mode="reference", reference_audio=None)
+    with pytest.raises(AppError, match="greater than maximum"):  # gradio checks the slider's range itself
+        _synthesize(ui.client, voice_mode="none", temperature=5)
+    silence = handle_file(str(audio_dir / "silence_3s.wav"))
+    with pytest.raises(AppError) as caught:
+        _synthesize(ui.client, reference_audio=silence)
+    assert "silen" in str(caught.value).lower()
+    with pytest.raises(AppError, match="language"):
+        ui.client.predict(audio=handle_file(str(audio_dir / "en_16k_mono.wav")), language="xx", api_name="/transcribe")
+
+
+def test_cancel_stops_a_running_synthesis(ui: SimpleNamespace) -> None:
+    before = set((ui.root / "outputs").iterdir())
+    # 60 s of audio is 3,000 tokens for the tiny model: long enough to be caught while it generates.
+    job = ui.client.submit(
+        voice_mode="none",
+        reference_audio=None,
+        reference_text="",
+        voice=None,
+        language="auto",
+        text_input="A long one.",
+        max_seconds=60,
+        seed=1,
+        output_format="wav",
+        api_name="/synthesize",
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not job.done():
+        progress = job.status().progress_data or []
+        if any((unit.desc or "").startswith("Generating") for unit in progress):
+            break
+        time.sleep(0.05)
+    assert not job.done(), "the synthesis ended before it could be cancelled"
+    ui.client.predict(api_name="/cancel")
+    job.result(timeout=120)
+    assert set((ui.root / "outputs").iterdir()) == before  # nothing was produced
+    status = ui.service.gpu_status()
+    assert status["queue"]["busy"] is False
+    assert all(model["leases"] == 0 for model in status["models"].values())
+
+
+# --- transcription --------------------------------------------------------------------------------------------
+
+
+def test_transcribe(ui: SimpleNamespace, audio_dir: Path) -> None:
+    transcript = ui.client.predict(
+        audio=handle_file(str(audio_dir / "en_16k_mono.wav")), language="en", api_name="/transcribe"
+    )
+    # The tiny Whisper is random: it says something, not the words of the clip.
+    assert isinstance(transcript, str)
+    assert transcript.strip()
+    with pytest.raises(AppError, match="audio"):
+        ui.client.predict(audio=None, language="auto", api_name="/transcribe")
+
+
+# --- the page itself ------------------------------------------------------------------------------------------
+
+
+def test_page_answers_in_both_languages_and_shows_real_ports(ui: SimpleNamespace) -> None:
+    page = requests.get(ui.url, timeout=30)
+    assert page.status_code == 200
+    config = requests.get(ui.url + "config", timeout=30).json()
+    translations = config["i18n_translations"]
+    assert translations["zh-CN"]["generate_btn"] == "生成语音"
+    assert translations["en"]["generate_btn"] == "Generate"
+    ui_handlers = app._WebUI(ui.service, ui.settings, ["wav"])
+    curl, mcp, python = ui_handlers.connection_examples(None)
+    assert f"http://127.0.0.1:{ui.settings.api_port}/api/tts" in curl
+    assert f"http://127.0.0.1:{ui.settings.mcp_port}/mcp" in mcp
+    assert f"http://127.0.0.1:{ui.settings.ui_port}/" in python
+    assert "Authorization" not in curl  # no API_KEY set
+
+
+def test_gradio_auth_protects_the_page(ui: SimpleNamespace) -> None:
+    settings = ui.settings.model_copy(update={"ui_port": _free_port(), "gradio_auth": "tester:s3cret:x"})
+    demo = app.create_ui(ui.service, settings)
+    url = app.launch_ui(demo, settings, prevent_thread_lock=True)
+    try:
+        assert requests.get(url + "config", timeout=30).status_code == 401
+        wrong = requests.post(url + "login", data={"username": "tester", "password": "nope"}, timeout=30)
+        assert wrong.status_code == 400
+        client = Client(url, auth=("tester", "s3cret:x"), verbose=False, analytics_enabled=False)
+        try:
+            _table, _card, status = client.predict(api_name="/gpu_status")
+        finally:
+            client.close()
+        assert "models" in status
+    finally:
+        demo.close()
+
+
+def test_one_synthesis_at_a_time(ui: SimpleNamespace) -> None:
+    """Two clients at once: the shared gpu concurrency group runs them one after the other."""
+    peak = 0
+    running = 0
+    lock = threading.Lock()
+    original = ui.service.synthesize
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal peak, running
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    ui.service.synthesize = counting
+    try:
+        other = Client(ui.url, verbose=False, analytics_enabled=False)
+        try:
+            jobs = [
+                client.submit(
+                    voice_mode="none",
+                    reference_audio=None,
+                    reference_text="",
+                    voice=None,
+                    language="auto",
+                    text_input=f"Client {n}.",
+                    max_seconds=1,
+                    seed=n,
+                    output_format="wav",
+                    api_name="/synthesize",
+                )
+                for n, client in enumerate((ui.client, other))
+            ]
+            results = [job.result(timeout=120) for job in jobs]
+        finally:
+            other.close()
+    finally:
+        del ui.service.synthesize
+    assert all(Path(result[0]).is_file() for result in results)
+    assert peak == 1
+
+
+# --- GPU panel (last: it releases the models) ----------------------------------------------------------------
+
+
+def test_gpu_status_offload_release_and_timeouts(ui: SimpleNamespace, audio_dir: Path) -> None:
+    _synthesize(ui.client, voice_mode="none")  # make sure Llasa and XCodec2 are loaded
+    table, card, status = ui.client.predict(api_name="/gpu_status")
+    assert set(status["models"]) == {"llasa", "xcodec2", "whisper"}
+    for name in ("llasa", "xcodec2"):
+        assert status["models"][name]["state"] in ("gpu", "cpu")
+        assert f"**{name}**" in table
+    assert "No CUDA GPU" in card
+    assert "Requests waiting for the GPU: 0" in card
+
+    message, _table, _card, status = ui.client.predict(model="llasa", api_name="/offload")
+    assert "Offload" in message
+    assert "llasa" in message
+    assert status["models"]["llasa"]["state"] == "cpu"
+
+    message, _table, _card, status = ui.client.predict(
+        idle_timeout_s=120, evict_timeout_s=900, offload_after_use=False, api_name="/set_timeouts"
+    )
+    assert status["settings"]["idle_timeout_s"] == 120
+    assert status["settings"]["evict_timeout_s"] == 900
+    assert status["settings"]["offload_after_use"] is False
+    with pytest.raises(AppError, match="less than minimum"):  # the input's own range
+        ui.client.predict(idle_timeout_s=-5, evict_timeout_s=900, offload_after_use=True, api_name="/set_timeouts")
+    ui.client.predict(idle_timeout_s=600, evict_timeout_s=1800, offload_after_use=True, api_name="/set_timeouts")
+
+    message, table, _card, status = ui.client.predict(model="all", api_name="/release")
+    assert "Release" in message
+    assert {model["state"] for model in status["models"].values()} == {"unloaded"}
+    assert table.count("unloaded") == 3
