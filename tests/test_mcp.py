@@ -1,0 +1,701 @@
+"""The MCP server end to end: the fastmcp Client over real streamable HTTP on 127.0.0.1 and over stdio (a
+subprocess), against the real TTSService on the tiny checkpoints.
+
+One server per module serves most tests (path mode); tests that need another configuration (inline audio, a
+small upload limit) start their own server over the same service. Generation is kept to a fraction of a second
+of audio per chunk so the file stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import soundfile
+from fastmcp import Client
+from fastmcp.client.transports import StdioTransport
+from fastmcp.exceptions import McpError, ToolError
+
+from llasa.config import Settings
+from llasa.errors import VoiceNotFound
+from llasa.service import TTSService
+from mcp_server import create_http_server, create_mcp
+
+REPO = Path(__file__).resolve().parent.parent
+AUDIO_DIR = REPO / "tests" / "data" / "audio"  # the conftest's `audio_dir`, for module-scoped fixtures
+TOOLS = {
+    "generate_speech",
+    "transcribe_audio",
+    "get_gpu_status",
+    "offload_gpu",
+    "release_gpu",
+    "update_gpu_timeout",
+    "list_voices",
+    "create_voice",
+    "delete_voice",
+}
+REF_TRANSCRIPT = "The quick brown fox."
+REF_SECONDS = 1.2  # the references are cut from en_16k_mono.wav: short keeps encoding cheap
+# Short generation: a fraction of a second of speech per text chunk.
+QUICK = {"max_audio_seconds": 0.2, "seed": 7}
+# Several chunks' worth of text (a chunk holds up to ~20 s of speech); each chunk still generates only QUICK's
+# fraction of a second.
+LONG_TEXT = " ".join(
+    f"Sentence number {i} tells a little more of this long story about a quiet afternoon in the park."
+    for i in range(1, 13)
+)
+START_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 180.0
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def settings_for(tiny_models: Path, root: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "llasa_model": str(tiny_models / "llasa"),
+        "xcodec2_model": str(tiny_models / "xcodec2"),
+        "whisper_model": str(tiny_models / "whisper"),
+        "device": "cpu",
+        "host": "127.0.0.1",
+        "output_dir": root / "outputs",
+        "temp_dir": root / "temp",
+        "voices_dir": root / "voices",
+        "gpu_monitor_interval": 0.05,
+        "max_audio_seconds": 0.2,
+        "whisper_max_new_tokens": 24,  # the random Whisper would otherwise write until its limit
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_http(mcp: Any, settings: Settings) -> Iterator[str]:
+    """Serve `mcp` over streamable HTTP on a free port in a background thread; yield its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = create_http_server(mcp, settings, host="127.0.0.1", port=port)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        assert thread.is_alive(), "the MCP HTTP server thread died while starting"
+        assert time.monotonic() < deadline, "the MCP HTTP server did not start in time"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def client(url: str, **kwargs: Any) -> Client:
+    return Client(url, timeout=CALL_TIMEOUT_S, **kwargs)
+
+
+async def call(url: str, tool: str, args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    async with client(url) as c:
+        return await c.call_tool(tool, args or {}, **kwargs)
+
+
+async def call_error(url: str, tool: str, args: dict[str, Any]) -> str:
+    """Call a tool that must fail; return the error text the client sees."""
+    async with client(url) as c:
+        result = await c.call_tool(tool, args, raise_on_error=False)
+    assert result.is_error, f"{tool}({args}) succeeded but should have failed: {result.content}"
+    text = "\n".join(block.text for block in result.content if block.type == "text")
+    assert "Traceback" not in text
+    return text
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mcp")
+
+
+@pytest.fixture(scope="module")
+def settings(tiny_models: Path, root: Path) -> Settings:
+    return settings_for(tiny_models, root)
+
+
+@pytest.fixture(scope="module")
+def service(settings: Settings) -> Iterator[TTSService]:
+    svc = TTSService(settings)
+    yield svc
+    svc.shutdown()
+
+
+@pytest.fixture(scope="module")
+def url(service: TTSService, settings: Settings) -> Iterator[str]:
+    with serve_http(create_mcp(service, settings), settings) as address:
+        yield address
+
+
+def write_short_reference(target: Path) -> Path:
+    """The first REF_SECONDS of the English recording, as a wav file at `target`."""
+    samples, rate = soundfile.read(str(AUDIO_DIR / "en_16k_mono.wav"), dtype="float32")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(target), samples[: int(REF_SECONDS * rate)], rate)
+    return target
+
+
+@pytest.fixture(scope="module")
+def reference_wav(settings: Settings) -> Path:
+    """A short English recording inside an allowed folder (TEMP_DIR/refs)."""
+    return write_short_reference(Path(settings.temp_dir) / "refs" / "en_short.wav")
+
+
+# --- listing --------------------------------------------------------------------------------------------------
+
+
+def test_tools_are_listed_with_schemas_descriptions_and_annotations(url: str, settings: Settings) -> None:
+    async def listing() -> list[Any]:
+        async with client(url) as c:
+            return await c.list_tools()
+
+    tools = {tool.name: tool for tool in run(listing())}
+    assert set(tools) == TOOLS
+    for tool in tools.values():
+        assert len(tool.description or "") > 40, tool.name
+        assert "{" not in tool.description, f"unformatted placeholder in {tool.name}'s description"
+        for name, prop in tool.input_schema.get("properties", {}).items():
+            assert prop.get("description"), f"{tool.name}.{name} has no description"
+            assert "{" not in prop["description"], f"unformatted placeholder in {tool.name}.{name}"
+
+    speech = tools["generate_speech"]
+    props = speech.input_schema["properties"]
+    assert speech.input_schema["required"] == ["text"]
+    assert "ctx" not in props
+    assert {"text", "voice", "reference_audio_path", "reference_audio_base64", "reference_text", "seed"} <= set(props)
+    temperature = props["temperature"]["anyOf"][0]
+    assert (temperature["exclusiveMinimum"], temperature["maximum"]) == (0, 2)
+    assert f"Default {settings.default_temperature:g}" in props["temperature"]["description"]
+    assert props["format"]["enum"] == ["wav", "flac", "mp3", "opus", "aac", "pcm"]
+    assert {"path", "url", "duration_s", "sample_rate", "reference_text"} <= set(speech.output_schema["properties"])
+    assert "url" in speech.description
+    assert "progress" in speech.description
+
+    def hints(name: str) -> dict[str, Any]:
+        return tools[name].annotations.model_dump(by_alias=True, exclude_none=True)
+
+    for name in ("get_gpu_status", "list_voices", "transcribe_audio"):
+        assert hints(name)["readOnlyHint"] is True, name
+    assert hints("delete_voice")["destructiveHint"] is True
+    for name in ("generate_speech", "create_voice", "offload_gpu", "release_gpu", "update_gpu_timeout"):
+        assert hints(name)["readOnlyHint"] is False, name
+        assert hints(name)["destructiveHint"] is False, name
+    assert all(hints(name)["openWorldHint"] is False for name in TOOLS)
+    assert tools["offload_gpu"].input_schema["properties"]["model"]["anyOf"][0]["enum"] == [
+        "llasa",
+        "xcodec2",
+        "whisper",
+    ]
+
+
+# --- generate_speech ------------------------------------------------------------------------------------------
+
+
+def test_generate_speech_saves_a_file_and_returns_path_url_and_facts(url: str, settings: Settings) -> None:
+    result = run(call(url, "generate_speech", {"text": "Hello there.", **QUICK}))
+    data = result.structured_content
+    path = Path(data["path"])
+    assert path.is_file()
+    assert path.parent == Path(settings.output_dir).resolve()
+    assert data["url"] == f"{settings.api_base_url}/api/outputs/{path.name}"
+    assert data["id"] == path.name
+    info = soundfile.info(str(path))
+    assert info.samplerate == data["sample_rate"] == 16000
+    assert info.frames / info.samplerate == pytest.approx(data["duration_s"], abs=0.002)
+    assert 0 < data["duration_s"] <= 0.4 + 0.02
+    assert data["reference_text"] == ""
+    assert data["seed"] == 7
+    assert data["chunks"] == 1
+    assert data["audio_inline"] is False
+    assert set(data["timings_s"]) >= {"generate", "decode", "total"}
+    # Path mode: the text content is the same JSON, and no audio rides along.
+    assert [block.type for block in result.content] == ["text"]
+    assert json.loads(result.content[0].text)["path"] == data["path"]
+
+
+def test_format_and_sample_rate_are_applied(url: str) -> None:
+    result = run(call(url, "generate_speech", {"text": "Hi.", "format": "flac", "sample_rate": 24000, **QUICK}))
+    data = result.structured_content
+    assert data["format"] == "flac"
+    assert data["mime_type"] == "audio/flac"
+    assert data["path"].endswith(".flac")
+    assert soundfile.info(data["path"]).samplerate == data["sample_rate"] == 24000
+
+
+def test_progress_notifications_arrive_once_per_chunk(url: str) -> None:
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    result = run(call(url, "generate_speech", {"text": LONG_TEXT, **QUICK}, progress_handler=on_progress))
+    chunks = result.structured_content["chunks"]
+    assert chunks >= 2, "the text should need several chunks at this budget"
+    values = [progress for progress, _total, _message in updates]
+    assert values == sorted(set(values)), f"progress must strictly increase: {updates}"
+    finished = [(p, t) for p, t, message in updates if message == "chunk_done"]
+    assert finished == [(float(i), float(chunks)) for i in range(1, chunks + 1)]
+
+
+def test_cancelling_the_call_stops_the_synthesis(url: str, service: TTSService, settings: Settings) -> None:
+    """A client that gives up (here after the first chunk) cancels the request; the server stops generating
+    at the next chunk, frees the GPU queue and saves nothing."""
+    outputs = Path(settings.output_dir)
+    before = set(outputs.iterdir())
+    text = " ".join([LONG_TEXT] * 4)
+
+    async def cancel_after_first_chunk() -> list[float]:
+        seen: list[float] = []
+        first_chunk = asyncio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
+            if message == "chunk_done":
+                first_chunk.set()
+
+        async with client(url) as c:
+            call_task = asyncio.ensure_future(
+                c.call_tool("generate_speech", {"text": text, **QUICK}, progress_handler=on_progress)
+            )
+            await asyncio.wait_for(first_chunk.wait(), CALL_TIMEOUT_S)
+            call_task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call_task
+            # Stay connected until the server has given the GPU slot back.
+            deadline = time.monotonic() + CALL_TIMEOUT_S
+            while service.gpu_status()["queue"]["busy"]:
+                assert time.monotonic() < deadline, "the cancelled synthesis kept the GPU"
+                await asyncio.sleep(0.05)
+        return seen
+
+    seen = run(cancel_after_first_chunk())
+    assert max(seen) < 4
+    assert set(outputs.iterdir()) == before, "a cancelled synthesis must not save a file"
+
+
+def test_reference_by_path_and_by_base64(url: str, reference_wav: Path) -> None:
+    args = {"text": "Nice to meet you.", "reference_text": REF_TRANSCRIPT, **QUICK}
+    by_path = run(call(url, "generate_speech", args | {"reference_audio_path": str(reference_wav)}))
+    data = by_path.structured_content
+    assert data["reference_text"] == REF_TRANSCRIPT
+    assert data["reference_seconds"] == pytest.approx(REF_SECONDS, abs=0.05)
+
+    encoded = "data:audio/wav;base64," + base64.b64encode(reference_wav.read_bytes()).decode()
+    by_data = run(call(url, "generate_speech", args | {"reference_audio_base64": encoded})).structured_content
+    assert by_data["reference_text"] == REF_TRANSCRIPT
+    assert by_data["reference_seconds"] == data["reference_seconds"]
+    # Same reference, text and seed: the same audio, whichever way the reference came in.
+    assert by_data["num_codes"] == data["num_codes"]
+    assert Path(by_data["path"]).read_bytes() == Path(data["path"]).read_bytes()
+
+
+def test_paths_outside_the_allowed_folders_are_refused(
+    url: str, settings: Settings, service: TTSService, reference_wav: Path, audio_dir: Path, tmp_path: Path
+) -> None:
+    allowed = Path(settings.temp_dir).resolve()
+    outside = tmp_path / "outside.wav"
+    shutil.copy(audio_dir / "en_16k_mono.wav", outside)
+    (allowed / "link_out.wav").unlink(missing_ok=True)
+    (allowed / "link_out.wav").symlink_to(outside)
+    cases = {
+        str(outside): "outside the folders this server may read",  # absolute, elsewhere
+        str(audio_dir / "en_16k_mono.wav"): "outside the folders this server may read",
+        "/etc/passwd": "outside the folders this server may read",
+        f"{allowed}/../outputs/x.wav": "contains '..'",
+        "../../etc/passwd": "contains '..'",
+        "link_out.wav": "outside the folders this server may read",  # a symlink inside pointing out
+        "refs/missing.wav": "does not exist",
+    }
+    for path, expected in cases.items():
+        for tool, args in (
+            ("generate_speech", {"text": "Hi.", "reference_audio_path": path, "reference_text": "Hi.", **QUICK}),
+            ("transcribe_audio", {"audio_path": path}),
+            ("create_voice", {"name": "sneaky", "audio_path": path, "transcript": "Hi."}),
+        ):
+            message = run(call_error(url, tool, args))
+            assert expected in message, (tool, path, message)
+            if "outside" in expected:
+                assert str(allowed) in message  # tells where files may go
+                assert "base64" in message  # and the other way in
+    assert "sneaky" not in {voice.name for voice in service.list_voices()}
+
+
+def test_errors_are_tool_errors_with_the_service_messages(url: str, reference_wav: Path) -> None:
+    assert run(call_error(url, "generate_speech", {"text": "   "})) == "text is empty; give the words to speak"
+    message = run(
+        call_error(url, "generate_speech", {"text": "Hi.", "voice": "anyone", "reference_audio_path": "x.wav"})
+    )
+    # The path is checked first: nothing outside the sandbox is decoded, whatever else is wrong.
+    assert "does not exist" in message
+    message = run(
+        call_error(
+            url,
+            "generate_speech",
+            {"text": "Hi.", "voice": "anyone", "reference_audio_path": str(reference_wav)},
+        )
+    )
+    assert message == "give either a saved voice or reference_audio, not both"
+    assert "not both" in run(
+        call_error(url, "transcribe_audio", {"audio_path": str(reference_wav), "audio_base64": "AAAA"})
+    )
+    assert "no audio given" in run(call_error(url, "transcribe_audio", {}))
+    assert "not valid base64" in run(call_error(url, "transcribe_audio", {"audio_base64": "not base64!"}))
+    junk = base64.b64encode(b"this is plain text, not audio at all " * 20).decode()
+    assert "audio" in run(call_error(url, "transcribe_audio", {"audio_base64": junk})).lower()
+    assert "language" in run(
+        call_error(url, "transcribe_audio", {"audio_path": str(reference_wav), "language": "klingon"})
+    )
+    # Out-of-range parameters are refused by the input schema, naming the parameter.
+    assert "temperature" in run(call_error(url, "generate_speech", {"text": "Hi.", "temperature": 5}))
+    assert "seed" in run(call_error(url, "generate_speech", {"text": "Hi.", "seed": -1}))
+    assert "format" in run(call_error(url, "generate_speech", {"text": "Hi.", "format": "midi"}))
+
+
+def test_unexpected_exceptions_are_masked(url: str, service: TTSService, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("secret detail /internal/path")
+
+    # A fault in the service is what this test is not about; only its reporting is.
+    monkeypatch.setattr(service, "gpu_status", broken)
+    message = run(call_error(url, "get_gpu_status", {}))
+    assert "internal error" in message
+    assert "secret" not in message
+    assert "/internal/path" not in message
+
+
+# --- transcription, GPU, voices -------------------------------------------------------------------------------
+
+
+def test_transcribe_audio(url: str, reference_wav: Path) -> None:
+    result = run(call(url, "transcribe_audio", {"audio_path": "refs/en_short.wav", "language": "en"}))
+    data = result.structured_content
+    assert set(data) >= {"text", "language", "duration_s", "segments"}
+    assert isinstance(data["text"], str)  # the tiny Whisper's words are noise
+    assert data["language"] == "en"
+    assert data["duration_s"] == pytest.approx(REF_SECONDS, abs=0.05)
+
+
+def test_gpu_tools_change_and_report_model_state(url: str, service: TTSService, settings: Settings) -> None:
+    # Keep models where they are after use, so that only the tools move them.
+    run(call(url, "update_gpu_timeout", {"offload_after_use": False, "idle_timeout_s": -1}))
+    try:
+        run(call(url, "generate_speech", {"text": "Warm up.", **QUICK}))  # loads llasa and xcodec2
+        status = run(call(url, "get_gpu_status")).structured_content
+        assert set(status["models"]) == {"llasa", "xcodec2", "whisper"}
+        assert status["models"]["llasa"]["state"] == "gpu"  # "gpu" = resident on the device (here the CPU)
+        offloads = status["models"]["llasa"]["offloads"]
+
+        offloaded = run(call(url, "offload_gpu", {"model": "llasa"})).structured_content
+        assert offloaded == {"action": "offload", "models": {"llasa": "offloaded"}}
+        llasa = run(call(url, "get_gpu_status")).structured_content["models"]["llasa"]
+        assert (llasa["state"], llasa["offloads"]) == ("cpu", offloads + 1)
+
+        released = run(call(url, "release_gpu", {"model": "xcodec2"})).structured_content
+        assert released == {"action": "release", "models": {"xcodec2": "released"}}
+        assert service.gpu_status()["models"]["xcodec2"]["state"] == "unloaded"
+
+        everything = run(call(url, "offload_gpu")).structured_content
+        assert set(everything["models"]) == {"llasa", "xcodec2", "whisper"}
+    finally:
+        service.set_timeouts(offload_after_use=settings.gpu_offload_after_use, idle_timeout_s=settings.gpu_idle_timeout)
+    assert "model" in run(call_error(url, "offload_gpu", {"model": "gpt"}))
+
+
+def test_update_gpu_timeout(url: str, service: TTSService) -> None:
+    before = service.gpu_status()["settings"]
+    try:
+        now = run(call(url, "update_gpu_timeout", {"idle_timeout_s": 12.5, "evict_timeout_s": -1})).structured_content
+        assert service.gpu_status()["settings"] == now
+        assert 12.5 in now.values()
+        assert -1 in now.values()
+        assert "nothing to change" in run(call_error(url, "update_gpu_timeout", {}))
+        assert "idle_timeout_s" in run(call_error(url, "update_gpu_timeout", {"idle_timeout_s": -5}))
+    finally:
+        service.set_timeouts(
+            **{k: before[k] for k in ("idle_timeout_s", "evict_timeout_s", "offload_after_use") if k in before}
+        )
+
+
+def test_voice_library_round_trip(url: str, reference_wav: Path, service: TTSService) -> None:
+    created = run(
+        call(
+            url, "create_voice", {"name": "Narrator 1", "audio_path": str(reference_wav), "transcript": REF_TRANSCRIPT}
+        )
+    ).structured_content
+    assert created["name"] == "Narrator 1"
+    assert created["transcript"] == REF_TRANSCRIPT
+    assert created["num_codes"] == pytest.approx(REF_SECONDS * 50, abs=2)
+    try:
+        listed = run(call(url, "list_voices")).structured_content
+        assert "Narrator 1" in {v["name"] for v in listed["voices"]}
+        assert listed["count"] == len(listed["voices"])
+
+        message = run(
+            call_error(
+                url, "create_voice", {"name": "Narrator 1", "audio_path": str(reference_wav), "transcript": "Hi."}
+            )
+        )
+        assert "already exists" in message
+
+        spoken = run(call(url, "generate_speech", {"text": "Using a saved voice.", "voice": "Narrator 1", **QUICK}))
+        assert spoken.structured_content["voice"] == "Narrator 1"
+        assert spoken.structured_content["reference_text"] == REF_TRANSCRIPT
+
+        bad_name = run(
+            call_error(url, "create_voice", {"name": "../evil", "audio_path": str(reference_wav), "transcript": "x"})
+        )
+        assert "not allowed" in bad_name
+    finally:
+        deleted = run(call(url, "delete_voice", {"name": "Narrator 1"})).structured_content
+    assert deleted == {"deleted": "Narrator 1"}
+    assert "Narrator 1" not in {v.name for v in service.list_voices()}
+    with pytest.raises(VoiceNotFound) as missing:
+        service.delete_voice("Narrator 1")
+    assert run(call_error(url, "delete_voice", {"name": "Narrator 1"})) == missing.value.message
+
+
+# --- other configurations -------------------------------------------------------------------------------------
+
+
+def test_inline_and_both_modes_carry_the_audio_itself(service: TTSService, settings: Settings) -> None:
+    for mode in ("inline", "both"):
+        inline_settings = settings.model_copy(update={"mcp_audio_return": mode})
+        with serve_http(create_mcp(service, inline_settings), inline_settings) as address:
+            result = run(call(address, "generate_speech", {"text": "Inline audio.", **QUICK}))
+        data = result.structured_content
+        assert data["audio_inline"] is True
+        audio = [block for block in result.content if block.type == "audio"]
+        assert len(audio) == 1
+        assert audio[0].mime_type == "audio/wav"
+        raw = base64.b64decode(audio[0].data)
+        assert raw == Path(data["path"]).read_bytes()  # the file is kept too, and is the same audio
+        decoded, rate = soundfile.read(io.BytesIO(raw))
+        assert rate == 16000
+        assert len(decoded) / rate == pytest.approx(data["duration_s"], abs=0.002)
+        texts = [block.text for block in result.content if block.type == "text"]
+        if mode == "both":
+            assert json.loads(texts[0])["url"] == data["url"]
+        else:
+            assert texts
+            assert "speech" in texts[0]
+
+
+def test_inline_is_skipped_over_the_length_limit(service: TTSService, settings: Settings) -> None:
+    limited = settings.model_copy(update={"mcp_audio_return": "inline", "mcp_inline_max_seconds": 0.01})
+    with serve_http(create_mcp(service, limited), limited) as address:
+        result = run(call(address, "generate_speech", {"text": "Too long to inline.", **QUICK}))
+    assert result.structured_content["audio_inline"] is False
+    assert [block.type for block in result.content] == ["text"]
+    summary = json.loads(result.content[0].text)
+    assert "MCP_INLINE_MAX_SECONDS" in summary["note"]
+    assert Path(summary["path"]).is_file()
+
+
+def test_upload_limit_applies_to_paths_and_base64(service: TTSService, settings: Settings, reference_wav: Path) -> None:
+    small = settings.model_copy(update={"max_upload_mb": 0.01})  # about 10 KB
+    encoded = base64.b64encode(reference_wav.read_bytes()).decode()
+    with serve_http(create_mcp(service, small), small) as address:
+        for args in ({"audio_path": str(reference_wav)}, {"audio_base64": encoded}):
+            message = run(call_error(address, "transcribe_audio", args))
+            assert "MAX_UPLOAD_MB" in message, message
+
+
+def test_api_key_is_required_over_http(make_settings: Any, tmp_path: Path) -> None:
+    """`python mcp_server.py` as deployed: HTTP on MCP_PORT, bearer token required when API_KEY is set."""
+    port = free_port()
+    env = settings_env(make_settings(api_key="s3cret-key", mcp_port=port, host="127.0.0.1"))
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "mcp_server.py")], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log
+    )
+    address = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                answer = requests.post(address, json={}, timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "mcp_server.py did not start listening in time"
+                time.sleep(0.1)
+        assert answer.status_code == 401
+        assert "bearer" in answer.headers.get("WWW-Authenticate", "").lower()
+
+        async def attempt(auth: str | None) -> list[str]:
+            async with client(address, auth=auth) as c:
+                return [tool.name for tool in await c.list_tools()]
+
+        for wrong in (None, "wrong-key"):
+            with pytest.raises(McpError):
+                run(attempt(wrong))
+        assert set(run(attempt("s3cret-key"))) == TOOLS
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    assert "builds its own TTSService" in (tmp_path / "server.log").read_text()
+
+
+# --- stdio ----------------------------------------------------------------------------------------------------
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes `Settings()` in a child process equal `settings` (for what tests set)."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    for name in (
+        "llasa_model",
+        "xcodec2_model",
+        "whisper_model",
+        "device",
+        "output_dir",
+        "temp_dir",
+        "voices_dir",
+        "gpu_monitor_interval",
+        "max_audio_seconds",
+        "whisper_max_new_tokens",
+        "mcp_audio_return",
+        "mcp_allowed_dirs",
+        "api_key",
+        "host",
+        "mcp_port",
+        "log_level",
+    ):
+        env[name.upper()] = str(getattr(settings, name))
+    return env
+
+
+def test_stdio_transport_serves_the_same_tools(make_settings: Any, tmp_path: Path) -> None:
+    refs = write_short_reference(tmp_path / "refs" / "short.wav").parent
+    env = settings_env(make_settings(mcp_audio_return="both", mcp_allowed_dirs=str(refs), max_audio_seconds=0.2))
+    log_path = tmp_path / "stdio.log"
+    transport = StdioTransport(
+        command=sys.executable,
+        args=[str(REPO / "mcp_server.py"), "--stdio"],
+        env=env,
+        cwd=str(tmp_path),
+        keep_alive=False,
+        log_file=log_path,
+    )
+    updates: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append(progress)
+
+    async def session() -> tuple[list[str], Any, Any]:
+        async with Client(transport, timeout=CALL_TIMEOUT_S, init_timeout=START_TIMEOUT_S) as c:
+            names = [tool.name for tool in await c.list_tools()]
+            status = await c.call_tool("get_gpu_status", {})
+            speech = await c.call_tool(
+                "generate_speech",
+                {
+                    "text": "Over standard input. And output.",
+                    "reference_audio_path": "short.wav",  # relative to MCP_ALLOWED_DIRS
+                    "reference_text": REF_TRANSCRIPT,
+                    **QUICK,
+                },
+                progress_handler=on_progress,
+            )
+            with pytest.raises(ToolError, match="outside the folders"):
+                await c.call_tool("transcribe_audio", {"audio_path": str(REPO / "mcp_server.py")})
+            return names, status, speech
+
+    names, status, speech = run(session())
+    assert set(names) == TOOLS
+    assert set(status.structured_content["models"]) == {"llasa", "xcodec2", "whisper"}
+    data = speech.structured_content
+    assert data["reference_text"] == REF_TRANSCRIPT
+    assert Path(data["path"]).parent == (tmp_path / "outputs").resolve()
+    assert data["audio_inline"] is True
+    assert [block.type for block in speech.content] == ["text", "audio"]
+    assert updates
+    assert updates[-1] == data["chunks"]
+    log = log_path.read_text()
+    assert "MCP over stdio" in log
+    assert "builds its own TTSService" in log
+
+
+# --- one process, two surfaces --------------------------------------------------------------------------------
+
+
+def test_rest_and_mcp_share_one_service(url: str, service: TTSService, settings: Settings, reference_wav: Path) -> None:
+    """REST and MCP in one process over one TTSService: an offload through MCP shows in REST's GPU status, and a
+    voice created over REST is listed by MCP's list_voices."""
+    from api_server import create_app, make_server
+
+    rest = make_server(create_app(service, settings), settings, host="127.0.0.1", port=0)
+    thread = threading.Thread(target=rest.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{rest.effective_port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if requests.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the REST server did not answer in time"
+            time.sleep(0.05)
+
+        run(call(url, "update_gpu_timeout", {"offload_after_use": False, "idle_timeout_s": -1}))
+        try:
+            run(call(url, "generate_speech", {"text": "Load the models.", **QUICK}))
+            before = requests.get(f"{base}/api/gpu/status", timeout=30).json()["models"]["llasa"]
+            assert before["state"] == "gpu"
+            run(call(url, "offload_gpu", {"model": "llasa"}))
+            after = requests.get(f"{base}/api/gpu/status", timeout=30).json()["models"]["llasa"]
+            assert (after["state"], after["offloads"]) == ("cpu", before["offloads"] + 1)
+        finally:
+            service.set_timeouts(
+                offload_after_use=settings.gpu_offload_after_use, idle_timeout_s=settings.gpu_idle_timeout
+            )
+
+        with reference_wav.open("rb") as audio:
+            created = requests.post(
+                f"{base}/v1/audio/voices",
+                data={"name": "from rest", "transcript": REF_TRANSCRIPT},
+                files={"audio_sample": ("ref.wav", audio, "audio/wav")},
+                timeout=CALL_TIMEOUT_S,
+            )
+        assert created.status_code in (200, 201), created.text
+        try:
+            voices = run(call(url, "list_voices")).structured_content["voices"]
+            assert "from rest" in {v["name"] for v in voices}
+        finally:
+            service.delete_voice("from rest")
+    finally:
+        rest.close()
+        thread.join(timeout=15)
