@@ -125,15 +125,14 @@ def test_loads_offline_as_multilingual(model) -> None:
     assert "en" in model.supported_languages
 
 
+def _transcribe(model, name: str, language: str | None, **options) -> tuple[list, object]:
+    segments, info = model.transcribe(str(AUDIO_DIR / name), language=language, vad_filter=True, **options)
+    return list(segments), info  # the generator is lazy: decoding happens here
+
+
 @pytest.mark.parametrize("language", [None, "zh", "en"])
 def test_transcribes_with_vad(model, language: str | None) -> None:
-    segments, info = model.transcribe(
-        str(AUDIO_DIR / "en_16k_mono.wav"),
-        language=language,
-        vad_filter=True,
-        max_new_tokens=MAX_NEW_TOKENS,
-    )
-    segments = list(segments)  # the generator is lazy: decoding happens here
+    segments, info = _transcribe(model, "en_16k_mono.wav", language, max_new_tokens=MAX_NEW_TOKENS)
     assert info.duration == pytest.approx(5.8, abs=0.1)
     assert info.duration_after_vad > 0
     assert info.language in model.supported_languages
@@ -141,9 +140,31 @@ def test_transcribes_with_vad(model, language: str | None) -> None:
         assert info.language == language
     assert segments, "VAD found speech, so there is at least one (random) segment"
     for seg in segments:
-        assert isinstance(seg.text, str)
-        assert 0 <= seg.start <= seg.end
+        assert seg.text.strip()
+        assert "\ufffd" not in seg.text  # whole characters, not byte fragments
+        assert 0 <= seg.start <= seg.end <= info.duration
         assert 0 < len(seg.tokens) <= MAX_NEW_TOKENS
+
+
+@pytest.mark.parametrize(("name", "language"), [("en_long_22k.ogg", None), ("zh_16k_mono.flac", "zh")])
+def test_decoding_ends_by_itself_and_repeats(tool: ModuleType, model, name: str, language: str | None) -> None:
+    # No max_new_tokens: the shaped decoder ends after a timestamp and four text tokens, confidently
+    # enough that faster-whisper never falls back to (random) sampling at a higher temperature.
+    first, _ = _transcribe(model, name, language)
+    again, _ = _transcribe(model, name, language)
+    assert [s.text for s in first] == [s.text for s in again]
+    assert len(first) == 1
+    seg = first[0]
+    assert seg.text.strip()
+    assert seg.temperature == 0.0
+    assert seg.avg_logprob > -1.0
+    text_tokens = [t for t in seg.tokens if t < model.hf_tokenizer.token_to_id("<|endoftext|>")]
+    assert len(text_tokens) == tool.EOT_FROM_POSITION - 3
+
+
+def test_max_new_tokens_still_bounds(model) -> None:
+    segments, _ = _transcribe(model, "en_16k_mono.wav", "en", max_new_tokens=2)
+    assert all(len(s.tokens) <= 2 for s in segments)
 
 
 def test_silence_gives_no_segments(model) -> None:

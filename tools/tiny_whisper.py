@@ -35,6 +35,13 @@ FFN_DIM = 128
 MAX_SOURCE_POSITIONS = 1500
 # faster-whisper decodes at most 448 tokens (its max_length); the decoder needs that many positions.
 MAX_TARGET_POSITIONS = 448
+# The decoder is random but shaped so decoding is short and repeatable, as a trained Whisper's is (see
+# _shape_decoder): logits are sharpened so beam search is confident (no temperature fallback, hence no random
+# sampling), and from this decoder position on, the hidden state points at <|endoftext|>. With the 3-token
+# prompt <|startoftranscript|><|lang|><|transcribe|> that gives one timestamp, four text tokens, then the end.
+EOT_FROM_POSITION = 7
+LOGIT_SHARPNESS = 40.0
+EOT_WEIGHT = 0.15
 # Whisper's timestamp tokens: <|0.00|> .. <|30.00|> in steps of 0.02 s.
 NUM_TIMESTAMPS = 1501
 
@@ -186,9 +193,15 @@ def write_hf_whisper(hf_dir: Path) -> None:
         pad_token_id=eot,
         begin_suppress_tokens=begin_suppress,
         suppress_tokens=[],
+        # An output projection of its own (not the embedding matrix) lets _shape_decoder give <|endoftext|>
+        # a direction no input token has.
+        tie_word_embeddings=False,
     )
     torch.manual_seed(SEED)
     model = WhisperForConditionalGeneration(config).eval()
+    # Byte fragments (half a UTF-8 character), "" and bare spaces would make an unreadable transcript.
+    unreadable = [i for i in range(eot) if "\ufffd" in tokenizer.decode([i]) or not tokenizer.decode([i]).strip()]
+    _shape_decoder(model, eot, unreadable)
 
     lang_to_id = {f"<|{code}|>": token_id(f"<|{code}|>") for code in WHISPER_LANGUAGES}
     model.generation_config = GenerationConfig(
@@ -212,6 +225,39 @@ def write_hf_whisper(hf_dir: Path) -> None:
     # Overwrite with the tokenizers library's own serialisation: the exact file faster-whisper reads.
     tokenizer.save(str(hf_dir / "tokenizer.json"))
     WhisperFeatureExtractor(feature_size=NUM_MEL_BINS).save_pretrained(hf_dir)
+
+
+def _shape_decoder(model: Any, eot: int, unreadable: list[int]) -> None:
+    """Make the random decoder end its transcript after a few tokens, deterministically.
+
+    A plain random Whisper almost never emits <|endoftext|>: it decodes to the 224-token limit in every window
+    and, its log-probabilities being poor, once more per temperature fallback (six times, sampling at random).
+    That makes each call slow and its text random, and the service rejects a reference whose transcript
+    comes out empty. Here a direction `u` is reserved for <|endoftext|>: no token embedding has a component
+    along it, while every decoder position from EOT_FROM_POSITION on is dominated by it, so the final layer
+    norm turns those states into "end of text". A large layer-norm gain makes every choice confident.
+    Tokens in `unreadable` get a zero output row, so they are never the most likely.
+    """
+    import torch
+
+    decoder = model.model.decoder
+    width = decoder.embed_tokens.weight.shape[1]
+    generator = torch.Generator().manual_seed(SEED + 1)
+    u = torch.randn(width, generator=generator)
+    u -= u.mean()  # layer norm removes the mean: keep the direction intact through it
+    u /= u.norm()
+    with torch.no_grad():
+        embed = decoder.embed_tokens.weight
+        embed -= torch.outer(embed @ u, u)
+        positions = decoder.embed_positions.weight
+        positions[:EOT_FROM_POSITION] -= torch.outer(positions[:EOT_FROM_POSITION] @ u, u)
+        # Unit variance per dimension: far larger than token embeddings (std 0.02), so u dominates.
+        positions[EOT_FROM_POSITION:] = u * width**0.5
+        projection = model.proj_out.weight
+        projection.copy_(embed)
+        projection[eot] = EOT_WEIGHT * u
+        projection[unreadable] = 0.0
+        decoder.layer_norm.weight.fill_(LOGIT_SHARPNESS)
 
 
 def write_tiny_whisper(out_dir: Path) -> None:
