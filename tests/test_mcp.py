@@ -173,6 +173,16 @@ def reference_wav(settings: Settings) -> Path:
     return write_short_reference(Path(settings.temp_dir) / "refs" / "en_short.wav")
 
 
+def test_importing_mcp_server_loads_no_model_library() -> None:
+    """The front end never imports torch or transformers (the service is imported by main() only)."""
+    code = "import sys, mcp_server; print(sorted({'torch', 'transformers', 'faster_whisper'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 # --- listing --------------------------------------------------------------------------------------------------
 
 
