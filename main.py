@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import socket
@@ -25,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -44,16 +45,18 @@ class StartupError(RuntimeError):
 
 @dataclass
 class FrontEnd:
-    """One running server: how to reach it and how to stop it."""
+    """One running server: how to reach it and how to stop it, in two steps.
+
+    `stop_accepting` closes the listener (running requests go on); `finish` closes what is left, after the drain.
+    """
 
     name: str
     label: str
-    port: int
     url: str
     probe_url: str
-    stop: Callable[[], None]
+    stop_accepting: Callable[[], None]
+    finish: Callable[[], None]
     thread: threading.Thread | None = None
-    stopping: bool = field(default=False)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -109,6 +112,13 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
+def _port_error(host: str, port: int, variable: str, exc: OSError) -> StartupError:
+    return StartupError(
+        f"cannot listen on {host}:{port} ({variable}): {exc.strerror or exc}; stop whatever uses the port "
+        f"or set another {variable}"
+    )
+
+
 def _bind(host: str, port: int, variable: str) -> socket.socket:
     """A listening socket, bound now in the main thread so that a port in use is a clear start-up error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -118,10 +128,7 @@ def _bind(host: str, port: int, variable: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(
-            f"cannot listen on {host}:{port} ({variable}): {exc.strerror or exc}; stop whatever uses the port "
-            f"or set another {variable}"
-        ) from exc
+        raise _port_error(host, port, variable, exc) from exc
     sock.listen(128)
     sock.set_inheritable(False)
     return sock
@@ -138,21 +145,20 @@ def start_api(service: Any, settings: Any, grace_s: float) -> FrontEnd:
     import api_server
 
     app = api_server.create_app(service, settings)
-    host = _client_host(settings.host)
-    # Bound here first: waitress would otherwise fail inside its thread, where the error is easy to miss.
-    _bind(settings.host, settings.api_port, "API_PORT").close()
-    server = api_server.make_server(app, settings)
-    context = app.extensions.get("llasa_api")
+    try:
+        running = api_server.RunningServer(app, settings)  # binds now: a taken port fails here, clearly
+    except OSError as exc:
+        raise _port_error(settings.host, settings.api_port, "API_PORT", exc) from exc
+    running.start()
 
-    def stop() -> None:
-        if context is not None:
-            context.shutting_down = True  # /ready answers 503 from now on
-        server.close()
+    def stop_accepting() -> None:
+        running.ctx.shutting_down = True  # /ready answers 503 from now on
+        running.server.close()  # the listener only: requests in flight keep their connections
 
-    thread = threading.Thread(target=_run_logged, args=("REST API", server.run), name="rest-api", daemon=True)
-    thread.start()
-    url = f"http://{host}:{settings.api_port}"
-    return FrontEnd("api", "REST API", settings.api_port, url, f"{url}/health", stop, thread)
+    url = f"http://{_client_host(settings.host)}:{settings.api_port}"
+    # RunningServer.stop() closes the remaining connections, cancels unfinished jobs, stops the cleanup timer.
+    thread = getattr(running, "_thread", None)
+    return FrontEnd("api", "REST API", url, f"{url}/health", stop_accepting, running.stop, thread)
 
 
 def start_mcp(service: Any, settings: Any, grace_s: float) -> FrontEnd:
@@ -161,19 +167,22 @@ def start_mcp(service: Any, settings: Any, grace_s: float) -> FrontEnd:
     sock = _bind(settings.host, settings.mcp_port, "MCP_PORT")
     mcp = mcp_server.create_mcp(service, settings)
     server = mcp_server.create_http_server(mcp, settings)
-    # Running tool calls (a synthesis) may take the whole grace period once the listener is closed.
-    server.config.timeout_graceful_shutdown = max(1, int(grace_s))
-
-    def stop() -> None:
-        server.should_exit = True
-
+    # After should_exit, uvicorn closes the listener and gives open requests (a tool call's synthesis) this long.
+    server.config.timeout_graceful_shutdown = max(1, math.ceil(grace_s))
     thread = threading.Thread(
         target=_run_logged, args=("MCP", lambda: server.run(sockets=[sock])), name="mcp", daemon=True
     )
     thread.start()
+
+    def stop_accepting() -> None:
+        server.should_exit = True
+
+    def finish() -> None:
+        thread.join(timeout=5)
+
     base = f"http://{_client_host(settings.host)}:{settings.mcp_port}"
     # Probed at / (a 404): a request to /mcp itself would open and close an MCP session just to check the port.
-    return FrontEnd("mcp", "MCP", settings.mcp_port, f"{base}{mcp_server.MCP_PATH}", f"{base}/", stop, thread)
+    return FrontEnd("mcp", "MCP", f"{base}{mcp_server.MCP_PATH}", f"{base}/", stop_accepting, finish, thread)
 
 
 def start_ui(service: Any, settings: Any, grace_s: float) -> FrontEnd:
@@ -182,8 +191,15 @@ def start_ui(service: Any, settings: Any, grace_s: float) -> FrontEnd:
     _bind(settings.host, settings.ui_port, "UI_PORT").close()
     blocks = ui_app.create_ui(service, settings)
     ui_app.launch_ui(blocks, settings, prevent_thread_lock=True)
+    server = blocks.server  # gradio's uvicorn server, on its own thread
+
+    def stop_accepting() -> None:
+        # The listener closes; the open event streams stay, so a running synthesis still reaches its browser.
+        server.config.timeout_graceful_shutdown = max(1, math.ceil(grace_s))
+        server.should_exit = True
+
     url = f"http://{_client_host(settings.host)}:{settings.ui_port}"
-    return FrontEnd("ui", "Web UI", settings.ui_port, url, f"{url}/", blocks.close)
+    return FrontEnd("ui", "Web UI", url, f"{url}/", stop_accepting, blocks.close, getattr(server, "thread", None))
 
 
 STARTERS: dict[str, Callable[[Any, Any, float], FrontEnd]] = {"api": start_api, "mcp": start_mcp, "ui": start_ui}
@@ -286,9 +302,9 @@ class Launcher:
         """Stop taking requests, give running ones `grace_s` to finish, release every model."""
         for front in self.fronts:
             try:
-                front.stop()
+                front.stop_accepting()
             except Exception:
-                logger.exception("closing the %s failed", front.label)
+                logger.exception("closing the %s listener failed", front.label)
         if self.service is None:
             return
         deadline = time.monotonic() + self.grace_s
@@ -298,6 +314,11 @@ class Launcher:
                 pass
             if self._busy():
                 logger.warning("requests still running after the grace period; releasing the models anyway")
+        for front in self.fronts:
+            try:
+                front.finish()
+            except Exception:
+                logger.exception("stopping the %s failed", front.label)
         self.service.shutdown()
         models = self.service.gpu_status().get("models", {})
         states = ", ".join(f"{name} {info.get('state')}" for name, info in models.items())
