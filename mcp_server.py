@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import uvicorn
 from fastmcp import Context, FastMCP
@@ -37,9 +37,10 @@ from mcp.types import ContentBlock, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from llasa import __version__
+from llasa.audio import AUDIO_FORMATS, validate_output
 from llasa.config import Settings
 from llasa.errors import InvalidInput, TTSError
-from llasa.types import MAX_SEED, GenerationParams
+from llasa.types import MAX_SEED, SAMPLE_RATE, GenerationParams
 from mcp_inputs import read_audio_input
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
-OUTPUT_FORMATS = ("wav", "flac", "mp3", "opus", "aac", "pcm")
 INSTRUCTIONS = """\
 Llasa text-to-speech with voice cloning (Chinese and English). generate_speech reads text aloud in the voice of a
 short reference recording (3-15 s, given as a file path or base64), of a saved voice (list_voices, create_voice),
@@ -66,16 +66,26 @@ _DESTRUCTIVE = ToolAnnotations(
     read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
 )
 
-# --- argument types: the ranges GenerationParams.validate() enforces, stated in the schema the client sees -----
-Temperature = Annotated[float | None, Field(gt=0, le=2)]
-TopP = Annotated[float | None, Field(gt=0, le=1)]
-TopK = Annotated[int | None, Field(ge=0, le=65536)]
-RepetitionPenalty = Annotated[float | None, Field(ge=0.5, le=2)]
-MaxAudioSeconds = Annotated[float | None, Field(gt=0, le=300)]
-Seed = Annotated[int | None, Field(ge=0, le=MAX_SEED)]
-OutputSampleRate = Annotated[int | None, Field(ge=8000, le=48000)]
-TimeoutSeconds = Annotated[float | None, Field(ge=-1)]
-ModelName = Literal["llasa", "xcodec2", "whisper"]
+# --- argument types ------------------------------------------------------------------------------------------
+# The ranges are stated in the input schema for the client, but enforced by the service (GenerationParams,
+# validate_output, the GPU manager), so an out-of-range value gets the same message as over REST.
+# (A null instance ignores numeric keywords, so they can sit beside the `anyOf` of an optional number.)
+
+
+def _schema(**keywords: Any) -> Any:
+    return Field(json_schema_extra=keywords)
+
+
+Temperature = Annotated[float | None, _schema(exclusiveMinimum=0, maximum=2)]
+TopP = Annotated[float | None, _schema(exclusiveMinimum=0, maximum=1)]
+TopK = Annotated[int | None, _schema(minimum=0, maximum=65536)]
+RepetitionPenalty = Annotated[float | None, _schema(minimum=0.5, maximum=2)]
+MaxAudioSeconds = Annotated[float | None, _schema(exclusiveMinimum=0, maximum=300)]
+Seed = Annotated[int | None, _schema(minimum=0, maximum=MAX_SEED)]
+OutputFormat = Annotated[str, _schema(enum=list(AUDIO_FORMATS))]
+OutputSampleRate = Annotated[int | None, _schema(minimum=8000, maximum=192000)]
+TimeoutSeconds = Annotated[float | None, _schema(minimum=-1)]
+ModelName = Annotated[str | None, _schema(enum=["llasa", "xcodec2", "whisper", None])]
 
 
 class SpeechResult(BaseModel):
@@ -200,7 +210,7 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         repetition_penalty: RepetitionPenalty = None,
         max_audio_seconds: MaxAudioSeconds = None,
         seed: Seed = None,
-        format: Literal["wav", "flac", "mp3", "opus", "aac", "pcm"] = "wav",
+        format: OutputFormat = "wav",
         sample_rate: OutputSampleRate = None,
     ) -> ToolResult:
         """Read text aloud, cloning the voice of a reference recording or a saved voice (Chinese or English).
@@ -233,8 +243,12 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
                 Default {max_audio_seconds:g} (MAX_AUDIO_SECONDS).
             seed: Random seed, 0 to 4294967295, to make a result repeatable. Default: a random one (returned).
             format: Audio format of the saved file: wav (default), flac, mp3, opus, aac or pcm (raw 16-bit).
-            sample_rate: Sample rate of the saved file, 8000 to 48000 Hz. Default 16000 (the model's own rate).
+            sample_rate: Sample rate of the saved file in Hz, 8000 to 192000 (mp3, aac and opus take only their
+                codec's standard rates). Default 16000, the model's own rate.
         """
+        with _tool_errors("generate_speech"):
+            # Checked before the synthesis, so a bad format does not cost a generation first.
+            fmt = validate_output(format, sample_rate or SAMPLE_RATE)
         params = GenerationParams(
             temperature=temperature,
             top_p=top_p,
@@ -262,7 +276,7 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
                 progress=progress,
                 cancel=cancel,
             )
-            saved = service.save_output(result, format, sample_rate=sample_rate)
+            saved = service.save_output(result, fmt, sample_rate=sample_rate)
             return _speech_result(result, saved, settings, sample_rate)
 
         with _tool_errors("generate_speech"):
@@ -301,7 +315,7 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
             return service.gpu_status()
 
     @tool(annotations=_ADDITIVE_IDEMPOTENT)
-    def offload_gpu(model: ModelName | None = None) -> dict[str, Any]:
+    def offload_gpu(model: ModelName = None) -> dict[str, Any]:
         """Move models from GPU memory to CPU RAM now, freeing VRAM; the next request moves them back quickly.
 
         A model that is serving a request is moved when that request ends (the result says so). Returns JSON
@@ -314,7 +328,7 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
             return service.offload(model)
 
     @tool(annotations=_ADDITIVE_IDEMPOTENT)
-    def release_gpu(model: ModelName | None = None) -> dict[str, Any]:
+    def release_gpu(model: ModelName = None) -> dict[str, Any]:
         """Unload models from GPU memory and CPU RAM altogether; the next request loads them from disk (slower).
 
         A model that is serving a request is released when that request ends (the result says so). Saved voices
