@@ -136,8 +136,8 @@ def _build_tokenizer(out_dir: Path) -> int:
         tokenizer_object=tokenizer,
         bos_token=bos,
         eos_token="<|eot_id|>",
-        model_max_length=2048,
-        clean_up_tokenization_spaces=True,
+        model_max_length=131072,  # Llama-3's; Llasa's own 2048-token budget is enforced by llasa.models
+        clean_up_tokenization_spaces=False,
     )
     fast.chat_template = LLAMA3_CHAT_TEMPLATE
     fast.save_pretrained(out_dir)
