@@ -1,8 +1,9 @@
 """TTSService.transcribe() on every input format, through the real loader and the tiny random Whisper.
 
-The tiny Whisper is random, so its words are noise: these tests check what the service promises about the
-result (types, language, duration, segments), that every container/codec decodes, that silence gives an
-empty transcript, and that unreadable input is refused with UnsupportedAudio.
+The tiny Whisper is random, so its words are noise (but repeatable, and it always says a few of them when
+there is speech): these tests check what the service promises about the result (types, language, duration,
+segments), that every container/codec decodes, that silence gives an empty transcript, and that unreadable
+input is refused with UnsupportedAudio.
 """
 
 from __future__ import annotations
@@ -228,6 +229,20 @@ def test_half_a_stream_is_transcribed_as_far_as_it_goes(service: TTSService, nam
     whole_s = _decoded_seconds(data)
     result = service.transcribe(data[: len(data) // 2])
     assert whole_s * 0.3 < result.duration_s < whole_s * 0.7
+
+
+def test_whisper_max_new_tokens_bounds_the_transcript(service: TTSService, make_settings) -> None:
+    path = AUDIO_DIR / "en_16k_mono.wav"
+    unbounded = service.transcribe(path, language="en")
+    # Two tokens per window: the leading timestamp and one text token.
+    svc = TTSService(make_settings(whisper_max_new_tokens=2))
+    try:
+        bounded = svc.transcribe(path, language="en")
+    finally:
+        svc.shutdown()
+    assert bounded.text
+    # (Not necessarily a prefix: beam search ranks the cut-off hypotheses differently.)
+    assert len(bounded.text) < len(unbounded.text)
 
 
 def test_upload_over_the_limit_is_payload_too_large(make_settings) -> None:
