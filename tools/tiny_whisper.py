@@ -3,7 +3,9 @@
 The result holds ``model.bin``, ``config.json``, ``vocabulary.*``, ``tokenizer.json`` and
 ``preprocessor_config.json``: exactly what ``faster_whisper.WhisperModel(folder)`` reads, so the production
 loader runs on it with no hub access. The weights are random (the "transcript" is noise), but every code path
-(multilingual prompt, language detection, timestamps, VAD, offload/reload) is the real one.
+(multilingual prompt, language detection, timestamps, VAD, offload/reload) is the real one. The decoder is
+shaped so that speech gives a short, readable, repeatable transcript (one timestamp and four text tokens,
+then the end) and silence, filtered by VAD, an empty one.
 
 Everything is built offline and deterministically: the byte-level BPE is trained on a small built-in
 English + Chinese corpus and the model is initialised from a fixed seed.
