@@ -391,7 +391,11 @@ class XCodec2Codec:
 
 
 def load_xcodec2(settings: Settings, device: str) -> XCodec2Codec:
-    """Load XCODEC2_MODEL (native transformers format) onto `device` ("cuda:0" in bf16, "cpu" in fp32)."""
+    """Load XCODEC2_MODEL (native transformers format) onto `device` ("cuda:0" in bf16, "cpu" in fp32).
+
+    bf16 on CUDA as for Llasa; the native model itself runs the quantizer (code assignment) and the iSTFT head in
+    fp32 whatever the weights' dtype.
+    """
     from transformers import AutoFeatureExtractor, Xcodec2Model
 
     device = _torch_device(device)
@@ -592,19 +596,28 @@ def load_whisper(settings: Settings, device: str) -> WhisperTranscriber:
 
 
 def register_models(manager: MultiModelGPUManager, settings: Settings) -> None:
-    """Register the loaders of "llasa", "xcodec2" and "whisper" with `manager`; nothing loads until first use."""
-    manager.register_model(
-        "llasa",
-        lambda device: load_llasa(settings, device),
-        estimated_bytes=_estimate_bytes(settings.llasa_model, ["*.safetensors"]),
-    )
-    manager.register_model(
-        "xcodec2",
-        lambda device: load_xcodec2(settings, device),
-        estimated_bytes=_estimate_bytes(settings.xcodec2_model, ["*.safetensors"]),
-    )
-    manager.register_model(
-        "whisper",
-        lambda device: load_whisper(settings, device),
-        estimated_bytes=_estimate_bytes(settings.whisper_model, ["model.bin"]),
-    )
+    """Register the loaders of "llasa", "xcodec2" and "whisper" with `manager`; nothing loads until first use.
+
+    A name the manager already knows (a second service on the process-wide manager, or a test's own loader)
+    keeps its registration.
+    """
+    loaders: dict[str, tuple[Callable[[str], Any], int | None]] = {
+        "llasa": (
+            lambda device: load_llasa(settings, device),
+            _estimate_bytes(settings.llasa_model, ["*.safetensors"]),
+        ),
+        "xcodec2": (
+            lambda device: load_xcodec2(settings, device),
+            _estimate_bytes(settings.xcodec2_model, ["*.safetensors"]),
+        ),
+        "whisper": (
+            lambda device: load_whisper(settings, device),
+            _estimate_bytes(settings.whisper_model, ["model.bin"]),
+        ),
+    }
+    known = set(manager.model_names)
+    for name, (loader, estimated_bytes) in loaders.items():
+        if name in known:
+            logger.info("%s is already registered with the GPU manager; keeping that registration", name)
+            continue
+        manager.register_model(name, loader, estimated_bytes=estimated_bytes)

@@ -367,5 +367,7 @@ def test_register_models_with_the_real_manager(settings: Settings, noise_3s: np.
             assert isinstance(whisper, WhisperTranscriber)
         manager.release()
         assert manager.state_of("xcodec2") is ModelState.UNLOADED
+        register_models(manager, settings)  # a second service on the same manager keeps the registrations
+        assert sorted(manager.model_names).count("llasa") == 1
     finally:
         manager.shutdown()
