@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,8 +58,8 @@ EXAMPLE_TEXTS = (
 UI_CSS = """
 .llasa-count { text-align: right; font-size: var(--text-sm); color: var(--body-text-color-subdued);
   margin-top: calc(-1 * var(--spacing-md)); }
-.llasa-notice { border-left: 4px solid var(--color-accent); background: var(--background-fill-secondary);
-  padding: var(--spacing-md) var(--spacing-lg); border-radius: var(--radius-md); }
+.llasa-notice blockquote { border-left: 4px solid var(--color-accent); background: var(--background-fill-secondary);
+  padding: var(--spacing-md) var(--spacing-lg); border-radius: var(--radius-md); margin: 0; }
 .llasa-facts table { width: 100%; }
 .llasa-bottom { align-items: flex-end; }
 footer { opacity: 0.8; }
@@ -302,18 +303,12 @@ class _WebUI:
             playable = download if fmt == "wav" else self.service.save_output(result, "wav")
 
         facts = self._facts_markdown(result, lang, download.url)
+        # Plain values (not gr.update) throughout, so gradio_client callers get strings and files back.
+        notice = ""
         if result.reference_trimmed:
-            notice = gr.update(
-                value=text(
-                    lang,
-                    "trimmed_notice",
-                    max_s=self.settings.max_reference_seconds,
-                    kept_s=result.reference_seconds,
-                ),
-                visible=True,
+            notice = "> " + text(
+                lang, "trimmed_notice", max_s=self.settings.max_reference_seconds, kept_s=result.reference_seconds
             )
-        else:
-            notice = gr.update(value="", visible=False)
         if voice_mode == MODE_SAVED:
             voice_label = voice or ""
         elif voice_mode == MODE_NONE:
@@ -334,11 +329,9 @@ class _WebUI:
         )
         del history[HISTORY_LIMIT:]
         # Fill the transcript box with what the model was conditioned on when the user left it empty.
-        transcript_update = (
-            gr.update(value=result.reference_text)
-            if voice_mode == MODE_REFERENCE and not (reference_text or "").strip() and result.reference_text
-            else gr.update()
-        )
+        transcript = reference_text or ""
+        if voice_mode == MODE_REFERENCE and not transcript.strip():
+            transcript = result.reference_text
         return (
             str(playable.path),
             str(download.path),
@@ -347,7 +340,7 @@ class _WebUI:
             history,
             self._history_markdown(history, lang),
             self._history_files(history),
-            transcript_update,
+            transcript,
         )
 
     def _facts_markdown(self, result: SynthesisResult, lang: str, url: str) -> str:
@@ -833,13 +826,20 @@ def create_ui(service: TTSService, settings: Settings) -> gr.Blocks:
                             waveform_options=gr.WaveformOptions(show_recording_waveform=False),
                             elem_id="result-audio",
                         )
-                        result_file = gr.File(label=t("result_file"), interactive=False, elem_id="result-file")
-                        notice = gr.Markdown("", visible=False, elem_classes=["llasa-notice"], elem_id="notice")
+                        # Shown once there is something to download (an empty file box is a big blank panel).
+                        result_file = gr.File(
+                            label=t("result_file"), interactive=False, visible=False, elem_id="result-file"
+                        )
+                        notice = gr.Markdown("", elem_classes=["llasa-notice"], elem_id="notice")
                         facts = gr.Markdown(elem_classes=["llasa-facts"], elem_id="facts")
                 with gr.Accordion(t("history"), open=True):
                     history_md = gr.Markdown(elem_id="history")
                     history_files = gr.File(
-                        label=t("history_files"), file_count="multiple", interactive=False, elem_id="history-files"
+                        label=t("history_files"),
+                        file_count="multiple",
+                        interactive=False,
+                        visible=False,
+                        elem_id="history-files",
                     )
                 history = gr.State([])
 
@@ -850,8 +850,9 @@ def create_ui(service: TTSService, settings: Settings) -> gr.Blocks:
                     voice_name = gr.Textbox(label=t("voice_name"), placeholder=t("voice_name_placeholder"), scale=3)
                     overwrite = gr.Checkbox(label=t("overwrite"), value=False, scale=1)
                     save_voice_btn = gr.Button(t("save_voice_btn"), variant="primary", scale=2)
-                voice_message = gr.Markdown()
-                voice_table = gr.Markdown(label=t("voice_list"))
+                voice_message = gr.Markdown(elem_id="voice-message")
+                gr.Markdown(t("voice_list_md"))
+                voice_table = gr.Markdown(elem_id="voice-table")
                 with gr.Row():
                     with gr.Column(scale=1):
                         library_voice = gr.Dropdown([], value=None, label=t("voice_pick"))
@@ -980,6 +981,13 @@ def create_ui(service: TTSService, settings: Settings) -> gr.Blocks:
             show_progress_on=[result_audio],
             **gpu,
         )
+        # The file boxes appear with the first result (plain outputs above keep the API simple).
+        generate.success(
+            lambda: (gr.update(visible=True), gr.update(visible=True)),
+            outputs=[result_file, history_files],
+            api_visibility="private",
+            **light,
+        )
         # Two halves: the flag stops the running model at its next token; `cancels` drops a queued request
         # and frees the browser at once.
         cancel_btn.click(ui.cancel, inputs=None, outputs=None, cancels=[generate], api_name="cancel", **light)
@@ -1096,8 +1104,17 @@ def main() -> None:
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # gradio polls its own server with httpx while starting: one line per poll at INFO.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     service = TTSService(settings)
     service.manager.start_monitor()
+
+    def stop(signum: int, _frame: object) -> None:
+        # SystemExit unwinds gradio's wait loop, so the finally below releases every model.
+        logger.info("%s received: shutting the web UI down", signal.Signals(signum).name)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         launch_ui(create_ui(service, settings), settings)
     finally:

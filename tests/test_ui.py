@@ -185,6 +185,15 @@ def test_synthesize_mp3_keeps_a_wav_player_and_lists_the_session(ui: SimpleNames
     assert "Some words" in facts
 
 
+def test_a_long_reference_is_trimmed_with_a_notice(ui: SimpleNamespace, audio_dir: Path) -> None:
+    reference = handle_file(str(audio_dir / "en_long_22k.ogg"))  # 24 s; MAX_REFERENCE_SECONDS is 15
+    outputs = _synthesize(ui.client, reference_audio=reference, reference_text="Words for the whole clip.")
+    notice, facts = outputs[3], outputs[2]
+    assert "longer than 15 s" in notice
+    assert re.search(r"first 1[45]\.\d s", notice)  # what was kept (cut at 15 s or just before)
+    assert "trimmed" in facts  # the service's own note is listed with the facts
+
+
 def test_synthesize_with_a_saved_voice(ui: SimpleNamespace, audio_dir: Path) -> None:
     reference = handle_file(str(audio_dir / "en_16k_mono.wav"))
     message, table, *_ = ui.client.predict(
