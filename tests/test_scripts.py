@@ -493,7 +493,8 @@ def test_local_demo_start_synthesise_everywhere_stop(tmp_path: Path) -> None:
         assert f"REST API:  http://127.0.0.1:{ports['API_PORT']}" in started.stdout
         assert (checkout / ".env").exists()
         assert (checkout / "demo_models" / "llasa" / "config.json").exists()
-        assert "Llasa TTS is up in" in log
+        # start.sh and main.py poll the ports independently: main.py's line may come a moment later.
+        wait_for(lambda: "Llasa TTS is up in" in log_file.read_text(errors="replace"), 60, "main.py's ready line")
 
         api = f"http://127.0.0.1:{ports['API_PORT']}"
         health = requests.get(f"{api}/health", timeout=10).json()
