@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     CTranslate2 conversion, or a local CTranslate2 folder."""
     whisper_compute_type: str = "auto"
     """CTranslate2 compute type for faster-whisper (auto = float16 on CUDA, int8 on CPU)."""
-    whisper_max_new_tokens: int = Field(0, ge=0, le=448)
-    """Most tokens faster-whisper writes per 30 s window of audio (0 = Whisper's own limit, 448); a bound on how
+    whisper_max_new_tokens: int = Field(0, ge=0, le=224)
+    """Most tokens faster-whisper writes per 30 s window of audio (0 = faster-whisper's own limit, 224); a bound on how
     long a transcription of noise can run."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Where the models run: auto = the first visible CUDA device if there is one, else the CPU."""
