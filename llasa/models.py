@@ -94,9 +94,9 @@ def resolve_model_dir(
         )
     except Exception as e:
         raise ModelUnavailable(
-            f"{what} {hub_id} could not be downloaded and is not in the Hugging Face cache "
-            f"({type(e).__name__}: {e}). Set {variable} to a local folder holding the checkpoint, or make the hub "
-            "reachable (HF_ENDPOINT for a mirror, HF_TOKEN for gated models, HF_HOME for the cache folder)"
+            f"{what} {hub_id} is not a local folder, could not be downloaded and is not in the Hugging Face "
+            f"cache ({type(e).__name__}: {e}). Set {variable} to a local folder holding the checkpoint, or make "
+            "the hub reachable (HF_ENDPOINT for a mirror, HF_TOKEN for gated models, HF_HOME for the cache folder)"
         ) from e
     return Path(path)
 
