@@ -217,7 +217,7 @@ def _answers(url: str) -> bool:
 
 
 class Launcher:
-    """Owns the service and the front ends; `run()` blocks until a signal, then shuts everything down."""
+    """Owns the service and the front ends: `start()`, `wait()` for a signal, then `shutdown()`."""
 
     def __init__(self, settings: Any, only: Sequence[str], *, grace_s: float, ready_timeout_s: float) -> None:
         self.settings = settings
@@ -327,9 +327,16 @@ class Launcher:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    from pydantic import ValidationError
+
     from llasa.config import Settings
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # Logging is not configured yet (LOG_LEVEL itself may be the bad value): say it plainly and stop.
+        print(f"invalid configuration (environment or .env; see .env.example):\n{exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     export_hub_settings(settings)
     launcher = Launcher(settings, args.only, grace_s=args.grace_s, ready_timeout_s=args.ready_timeout_s)

@@ -131,6 +131,24 @@ def test_unknown_front_end_is_refused() -> None:
     assert "--only takes a comma-separated subset of ui, api, mcp; got 'ui,fax'" in result.stderr
 
 
+def test_an_invalid_setting_is_a_clear_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    (tmp_path / ".env").write_text("MAX_QUEUE=lots\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "main.py")],
+        cwd=tmp_path,
+        env={**env, "UI_PORT": "99999"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "invalid configuration (environment or .env; see .env.example)" in result.stderr
+    assert "ui_port" in result.stderr
+    assert "max_queue" in result.stderr
+
+
 def test_a_taken_port_is_a_clear_error(launch: Callable[..., MainProcess]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
