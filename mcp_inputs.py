@@ -13,12 +13,15 @@ import base64
 import binascii
 import re
 from pathlib import Path, PurePath
+from urllib.parse import unquote, urlsplit
 
 from llasa.errors import InvalidInput, PathNotAllowed, PayloadTooLarge
 
 # data:[<mime type>][;param=value]*;base64,<data>
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,")
 _WHITESPACE = re.compile(r"\s+")
+_BASE64_TEXT = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
+_LONGEST_PATH = 4096  # PATH_MAX on Linux
 
 
 def read_audio_input(
@@ -58,16 +61,27 @@ def read_audio_input(
 def resolve_allowed_path(raw: str, *, allowed_dirs: list[Path], field: str = "path") -> Path:
     """Resolve `raw` to an existing regular file inside one of `allowed_dirs`, or raise a TTSError saying why not.
 
-    Absolute paths (and `~`) are resolved as given; a relative path is looked up in each allowed folder in turn.
-    Symlinks are followed, and it is the target that must be inside an allowed folder.
+    Absolute paths (and `~`, and `file://` URLs) are resolved as given; a relative path is looked up in each
+    allowed folder in turn. Symlinks are followed, and it is the target that must be inside an allowed folder.
     """
     text = raw.strip()
     if "\x00" in text:
         raise InvalidInput(f"{field} contains a NUL character", field=field)
+    if text.lower().startswith("file:"):
+        # Assistants often name files as URLs; only local ones mean anything here.
+        url = urlsplit(text)
+        if url.netloc not in ("", "localhost"):
+            raise InvalidInput(f"{field} {_shown(text)} names a file on another host; give a local path", field=field)
+        text = unquote(url.path)
+    if text.startswith("data:") or (len(text) > _LONGEST_PATH and _BASE64_TEXT.match(text)):
+        raise InvalidInput(
+            f"{field} looks like base64 data, not a file path; send the data in the base64 argument instead",
+            field=field,
+        )
     given = Path(text).expanduser()
     if ".." in PurePath(text).parts:
         raise PathNotAllowed(
-            f"{field} {text!r} contains '..'; give a path inside {_describe(allowed_dirs)} without '..'",
+            f"{field} {_shown(text)} contains '..'; give a path inside {_describe(allowed_dirs)} without '..'",
             field=field,
         )
     candidates = [given] if given.is_absolute() else [folder / given for folder in allowed_dirs]
@@ -77,26 +91,27 @@ def resolve_allowed_path(raw: str, *, allowed_dirs: list[Path], field: str = "pa
         except (FileNotFoundError, NotADirectoryError):
             continue
         except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
-            raise InvalidInput(f"{field} {text!r} cannot be resolved: {e}", field=field) from e
+            reason = getattr(e, "strerror", None) or str(e)  # not str(e) for OSError: it repeats the path
+            raise InvalidInput(f"{field} {_shown(text)} cannot be resolved: {reason}", field=field) from e
         if not any(resolved.is_relative_to(folder) for folder in allowed_dirs):
             where = f" (it leads to {resolved})" if resolved != candidate else ""
             raise PathNotAllowed(
-                f"{field} {text!r} is outside the folders this server may read{where}; put the file in "
+                f"{field} {_shown(text)} is outside the folders this server may read{where}; put the file in "
                 f"{_describe(allowed_dirs)} (MCP_ALLOWED_DIRS) or send its bytes as base64",
                 field=field,
             )
         if not resolved.is_file():
-            raise InvalidInput(f"{field} {text!r} is not a regular file", field=field)
+            raise InvalidInput(f"{field} {_shown(text)} is not a regular file", field=field)
         return resolved
     if given.is_absolute() and not any(given.is_relative_to(folder) for folder in allowed_dirs):
         # Do not confirm or deny that a file exists outside the sandbox.
         raise PathNotAllowed(
-            f"{field} {text!r} is outside the folders this server may read; put the file in "
+            f"{field} {_shown(text)} is outside the folders this server may read; put the file in "
             f"{_describe(allowed_dirs)} (MCP_ALLOWED_DIRS) or send its bytes as base64",
             field=field,
         )
     raise InvalidInput(
-        f"{field} {text!r} does not exist; relative paths are looked up in {_describe(allowed_dirs)}", field=field
+        f"{field} {_shown(text)} does not exist; relative paths are looked up in {_describe(allowed_dirs)}", field=field
     )
 
 
@@ -107,12 +122,12 @@ def read_allowed_file(raw: str, *, allowed_dirs: list[Path], max_bytes: int, fie
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
-            f"{field} {raw.strip()!r} is larger than the {_mib(max_bytes)} limit (MAX_UPLOAD_MB); "
+            f"{field} {_shown(raw)} is larger than the {_mib(max_bytes)} limit (MAX_UPLOAD_MB); "
             "use a shorter or compressed recording",
             field=field,
         )
     if not data:
-        raise InvalidInput(f"{field} {raw.strip()!r} is an empty file", field=field)
+        raise InvalidInput(f"{field} {_shown(raw)} is an empty file", field=field)
     return data
 
 
@@ -145,7 +160,9 @@ def decode_base64_audio(text: str, *, max_bytes: int, field: str = "audio_base64
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as e:
         raise InvalidInput(
-            f"{field} is not valid base64 ({e}); send the audio file's bytes base64-encoded", field=field
+            f"{field} is not valid base64 ({e}); send the audio file's bytes base64-encoded, or name a file on the "
+            "server with the path argument instead",
+            field=field,
         ) from e
     if not data:
         raise InvalidInput(f"{field} is empty; send the audio file's bytes base64-encoded", field=field)
@@ -154,6 +171,12 @@ def decode_base64_audio(text: str, *, max_bytes: int, field: str = "audio_base64
             f"{field} holds {_mib(len(data))} of audio; the limit is {_mib(max_bytes)} (MAX_UPLOAD_MB)", field=field
         )
     return data
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """`text` quoted for an error message, cut short: a message must not echo megabytes back."""
+    text = text.strip()
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _describe(folders: list[Path]) -> str:

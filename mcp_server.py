@@ -172,7 +172,7 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         mask_error_details=True,
     )
     # Docstrings quote this server's own limits and defaults, so the assistant reads the values in force.
-    doc_values = settings.model_dump()
+    doc_values = settings.model_dump() | {"allowed_dirs": ", ".join(str(d) for d in settings.allowed_dirs)}
 
     def tool(**kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
         def register(fn: Callable[..., Any]) -> Any:
@@ -228,8 +228,9 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         Args:
             text: The words to speak, 1 to {max_text_chars} characters (MAX_TEXT_CHARS).
             voice: Name of a saved voice to speak with. Not together with a reference recording.
-            reference_audio_path: Reference recording: a file path inside the server's allowed folders
-                (MCP_ALLOWED_DIRS; relative paths are looked up there). wav, flac, mp3, ogg/opus, m4a or webm.
+            reference_audio_path: Reference recording: a file path (or file:// URL) inside the folders this
+                server may read ({allowed_dirs}); relative paths are looked up there. wav, flac, mp3, ogg/opus,
+                m4a or webm.
             reference_audio_base64: Reference recording as base64 file bytes, optionally as a data URL
                 ('data:audio/wav;base64,...'). At most {max_upload_mb:g} MiB (MAX_UPLOAD_MB).
             reference_text: Exact transcript of the reference recording. Default: transcribed automatically.
@@ -292,8 +293,8 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         (detected or given), `duration_s` and `segments` (each with `start_s`, `end_s`, `text`).
 
         Args:
-            audio_path: A file path inside the server's allowed folders (MCP_ALLOWED_DIRS; relative paths are
-                looked up there). wav, flac, mp3, ogg/opus, m4a or webm.
+            audio_path: A file path (or file:// URL) inside the folders this server may read ({allowed_dirs});
+                relative paths are looked up there. wav, flac, mp3, ogg/opus, m4a or webm.
             audio_base64: The audio file's bytes as base64, optionally as a data URL ('data:audio/wav;base64,...').
                 At most {max_upload_mb:g} MiB (MAX_UPLOAD_MB).
             language: Language code such as 'en' or 'zh'. Default: detected.
@@ -399,7 +400,8 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         Args:
             name: 1-64 characters: letters (any script), digits, spaces, '_', '-', '.'; starts with a letter or
                 digit.
-            audio_path: The recording: a file path inside the server's allowed folders (MCP_ALLOWED_DIRS).
+            audio_path: The recording: a file path (or file:// URL) inside the folders this server may read
+                ({allowed_dirs}); relative paths are looked up there.
             audio_base64: The recording's file bytes as base64, optionally as a data URL. At most {max_upload_mb:g} MiB.
             transcript: Exact words spoken in the recording. Default: transcribed automatically.
         """

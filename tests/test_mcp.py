@@ -213,6 +213,9 @@ def test_tools_are_listed_with_schemas_descriptions_and_annotations(url: str, se
     assert props["format"]["enum"] == ["wav", "flac", "mp3", "opus", "aac", "pcm"]
     assert {"path", "url", "duration_s", "sample_rate", "reference_text"} <= set(speech.output_schema["properties"])
     assert "url" in speech.description
+    # The assistant is told which folders it may name files in.
+    for tool, arg in (("generate_speech", "reference_audio_path"), ("transcribe_audio", "audio_path")):
+        assert str(Path(settings.temp_dir).resolve()) in tools[tool].input_schema["properties"][arg]["description"]
     assert "progress" in speech.description
 
     def hints(name: str) -> dict[str, Any]:

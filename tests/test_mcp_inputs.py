@@ -156,3 +156,34 @@ def test_read_audio_input_takes_exactly_one_source(sandbox: dict[str, Path]) -> 
     with pytest.raises(InvalidInput, match="no audio given; pass audio_path") as info:
         read_audio_input(None, None, **kwargs)
     assert info.value.field == "audio_path"
+
+
+def test_file_urls_are_accepted_as_local_paths(sandbox: dict[str, Path]) -> None:
+    allowed = [sandbox["allowed"]]
+    url = (sandbox["allowed"] / "ref.wav").as_uri()
+    assert resolve_allowed_path(url, allowed_dirs=allowed) == sandbox["allowed"] / "ref.wav"
+    assert resolve_allowed_path("file://localhost" + str(sandbox["allowed"] / "ref.wav"), allowed_dirs=allowed)
+    with pytest.raises(PathNotAllowed):
+        resolve_allowed_path((sandbox["outside"] / "secret.wav").as_uri(), allowed_dirs=allowed)
+    with pytest.raises(InvalidInput, match="another host"):
+        resolve_allowed_path("file://example.com/ref.wav", allowed_dirs=allowed)
+
+
+def test_base64_sent_as_a_path_gets_a_hint_and_is_not_echoed(sandbox: dict[str, Path]) -> None:
+    allowed = [sandbox["allowed"]]
+    data = base64.b64encode(bytes(10_000)).decode()
+    for text in ("data:audio/wav;base64,AAAA", data):
+        with pytest.raises(InvalidInput, match="looks like base64") as info:
+            resolve_allowed_path(text, allowed_dirs=allowed, field="audio_path")
+        assert len(info.value.message) < 300
+    long_name = "x" * 5000 + ".wav"
+    with pytest.raises(InvalidInput, match="cannot be resolved: File name too long") as info:
+        resolve_allowed_path(long_name, allowed_dirs=allowed)
+    assert len(info.value.message) < 500
+
+
+def test_symlink_loop_is_refused_cleanly(sandbox: dict[str, Path]) -> None:
+    (sandbox["allowed"] / "loop_a.wav").symlink_to(sandbox["allowed"] / "loop_b.wav")
+    (sandbox["allowed"] / "loop_b.wav").symlink_to(sandbox["allowed"] / "loop_a.wav")
+    with pytest.raises(InvalidInput, match="cannot be resolved"):
+        resolve_allowed_path("loop_a.wav", allowed_dirs=[sandbox["allowed"]])
