@@ -38,12 +38,13 @@ if [ "$(cat "$venv_dir/.requirements-stamp" 2>/dev/null || true)" != "$wanted_st
 fi
 export PATH="$venv_dir/bin:$PATH"
 
-# 2. System tools the tests drive: headless Chromium for the browser test (Debian package).
-if ! command -v chromium >/dev/null 2>&1; then
+# 2. System tools the tests drive: headless Chromium for the browser test, and a CJK font so its screenshots
+#    show the Chinese UI as text (Debian packages).
+if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi wqy; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing chromium (apt)"
+    log "installing chromium and fonts-wqy-zenhei (apt)"
     apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null 2>&1 ||
       echo "warning: could not install chromium; browser tests will fail" >&2
   else
     echo "warning: chromium missing and not root; browser tests will fail" >&2
