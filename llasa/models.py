@@ -14,6 +14,7 @@ Nothing is loaded at import; `register_models()` only registers loaders with the
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -471,7 +472,7 @@ class WhisperTranscriber:
                 compute_type = _whisper_compute_type(self._compute_type_setting, "cpu")
                 if compute_type == "float16":
                     compute_type = "int8"  # CPUs have no efficient float16 path
-        self.model = WhisperModel(str(self.folder), device="cpu", compute_type=compute_type)
+        self.model = WhisperModel(str(self.folder), device="cpu", compute_type=compute_type, cpu_threads=_cpu_threads())
         self.device, self.compute_type = "cpu", compute_type
 
     def _note_fallback(self, error: BaseException) -> None:
@@ -488,10 +489,27 @@ class WhisperTranscriber:
             return  # a CPU model (or one that fell back) has nowhere to move
         with self._lock:
             if device == "cpu":
-                if self.model.model.model_is_loaded:
-                    self.model.model.unload_model(to_cpu=True)
+                self._unload_to_cpu()
             elif not self.model.model.model_is_loaded:
                 self.model.model.load_model()
+
+    def _unload_to_cpu(self) -> None:
+        # CTranslate2's unload_model() silently does nothing while one of its worker threads still holds the
+        # model, which it does for a moment after a transcription returns. Ask again until it takes (bounded).
+        ct2 = self.model.model
+        deadline = time.monotonic() + _WHISPER_UNLOAD_WAIT_S
+        while ct2.model_is_loaded:
+            ct2.unload_model(to_cpu=True)
+            if not ct2.model_is_loaded:
+                return
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "%s: CTranslate2 kept the model on %s; it stays there until the next offload",
+                    self.name,
+                    self.device,
+                )
+                return
+            time.sleep(0.01)
 
     def size_bytes(self) -> int:
         return _weights_bytes(self.folder, ["model.bin"])
@@ -524,13 +542,29 @@ class WhisperTranscriber:
         segments, info = self.model.transcribe(
             audio, language=language or None, vad_filter=True, max_new_tokens=max_new_tokens
         )
-        found = [Segment(start_s=float(s.start), end_s=float(s.end), text=s.text.strip()) for s in segments]
+        duration_s = float(info.duration)
+        # faster-whisper does not clamp timestamps: a segment can claim to end past the audio.
+        found = [
+            Segment(start_s=min(float(s.start), duration_s), end_s=min(float(s.end), duration_s), text=s.text.strip())
+            for s in segments
+        ]
         return TranscriptionResult(
             text=_join_segments([s.text for s in found]),
             language=str(info.language),
-            duration_s=float(info.duration),
+            duration_s=duration_s,
             segments=found,
         )
+
+
+_WHISPER_UNLOAD_WAIT_S = 5.0
+
+
+def _cpu_threads() -> int:
+    """CTranslate2 threads on the CPU: the cores this process may use (its default, 4, oversubscribes small boxes)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _join_segments(texts: list[str]) -> str:
