@@ -88,6 +88,22 @@ TimeoutSeconds = Annotated[float | None, _schema(minimum=-1)]
 ModelName = Annotated[str | None, _schema(enum=["llasa", "xcodec2", "whisper", None])]
 
 
+#: Settings whose values the tool descriptions quote.
+_DOC_SETTINGS = (
+    "max_text_chars",
+    "max_upload_mb",
+    "max_reference_seconds",
+    "max_audio_seconds",
+    "default_temperature",
+    "default_top_p",
+    "default_top_k",
+    "default_repetition_penalty",
+    "gpu_idle_timeout",
+    "model_evict_timeout",
+    "gpu_offload_after_use",
+)
+
+
 class SpeechResult(BaseModel):
     """What generate_speech returns (as structured content)."""
 
@@ -172,7 +188,10 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         mask_error_details=True,
     )
     # Docstrings quote this server's own limits and defaults, so the assistant reads the values in force.
-    doc_values = settings.model_dump() | {"allowed_dirs": ", ".join(str(d) for d in settings.allowed_dirs)}
+    # (An explicit list: a docstring must never be able to quote API_KEY or HF_TOKEN.)
+    doc_values = {name: getattr(settings, name) for name in _DOC_SETTINGS} | {
+        "allowed_dirs": ", ".join(str(d) for d in settings.allowed_dirs)
+    }
 
     def tool(**kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
         def register(fn: Callable[..., Any]) -> Any:
@@ -184,7 +203,9 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
     allowed_dirs = settings.allowed_dirs
     max_bytes = settings.max_upload_bytes
 
-    def read_audio(path: str | None, data: str | None, path_field: str, data_field: str, *, required: bool):
+    def read_audio(
+        path: str | None, data: str | None, path_field: str, data_field: str, *, required: bool
+    ) -> bytes | None:
         return read_audio_input(
             path,
             data,
