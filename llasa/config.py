@@ -14,11 +14,16 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+_REPO_ENV_FILE = str(Path(__file__).resolve().parent.parent / ".env")
+
+
 class Settings(BaseSettings):
     """The service's configuration. Each field's name, upper-cased, is its environment variable."""
 
     model_config = SettingsConfigDict(
-        env_file=".env",
+        # The checkout's .env first, then one in the working directory (which wins): a desktop assistant that
+        # launches `mcp_server.py --stdio` from anywhere still finds the service's configuration.
+        env_file=(_REPO_ENV_FILE, ".env"),
         env_file_encoding="utf-8",
         extra="ignore",
         case_sensitive=False,
