@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 _REPO_ENV_FILE = str(Path(__file__).resolve().parent.parent / ".env")
 
 
