@@ -898,10 +898,16 @@ class RunningServer:
         self.ctx.shutting_down = True
         self._janitor.stop()
         self.ctx.jobs.shutdown()
-        self.server.close()
-        for channel in list(self._map.values()):
-            channel.close()
+
+        def close_everything() -> None:
+            # Runs on the server's own loop thread (closing sockets from here would race its poll()); with the
+            # listener, the trigger and every connection closed, the loop ends.
+            for dispatcher in list(self._map.values()):
+                dispatcher.close()
+
+        # Worker threads first: a request finishing later would pull the trigger after it is closed.
         self.server.task_dispatcher.shutdown(timeout=timeout_s)
+        self.server.trigger.pull_trigger(close_everything)
         self._thread.join(timeout_s)
 
 
