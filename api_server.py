@@ -17,6 +17,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from flasgger import Swagger
@@ -886,29 +887,48 @@ class RunningServer:
         shown = "127.0.0.1" if shown in ("0.0.0.0", "::", "") else shown
         self.url = f"http://{shown}:{self.port}"
         self._janitor = _Janitor(self.ctx, interval_s=_cleanup_interval_s(settings))
-        self._thread = threading.Thread(target=self.server.run, name="api-server", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name="api-server", daemon=True)
 
     def start(self) -> RunningServer:
         self._janitor.start()
-        self._thread.start()
+        self.thread.start()
         logger.info("REST API on %s (Swagger UI at /apidocs)", self.url)
         return self
 
+    def stop_accepting(self) -> None:
+        """Refuse new connections (and answer /ready with 503); requests in flight go on until stop()."""
+        from waitress import wasyncore
+
+        self.ctx.shutting_down = True
+        # The plain dispatcher close: the listening socket only (the server's own close() also shuts the trigger).
+        self._in_loop(lambda: wasyncore.dispatcher.close(self.server))
+
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Close every connection, stop the worker threads, cancel unfinished jobs, stop the cleanup timer."""
         self.ctx.shutting_down = True
         self._janitor.stop()
         self.ctx.jobs.shutdown()
 
         def close_everything() -> None:
-            # Runs on the server's own loop thread (closing sockets from here would race its poll()); with the
-            # listener, the trigger and every connection closed, the loop ends.
+            # The listener, the trigger and every connection: with the map empty the loop ends.
             for dispatcher in list(self._map.values()):
                 dispatcher.close()
 
         # Worker threads first: a request finishing later would pull the trigger after it is closed.
         self.server.task_dispatcher.shutdown(timeout=timeout_s)
-        self.server.trigger.pull_trigger(close_everything)
-        self._thread.join(timeout_s)
+        self._in_loop(close_everything)
+        self.thread.join(timeout_s)
+
+    def _in_loop(self, action: Callable[[], None]) -> None:
+        """Run `action` on the server's loop thread: closing sockets from another thread races its poll()."""
+        try:
+            self.server.trigger.pull_trigger(action)
+        except OSError:
+            action()  # the trigger is already closed (server.close() was called): the loop is winding down
+
+    @property
+    def _thread(self) -> threading.Thread:
+        return self.thread
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,8 @@ import http.client
 import io
 import json
 import re
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -33,7 +35,8 @@ from api_server import RunningServer, create_app
 from llasa.config import Settings
 from llasa.service import TTSService
 
-AUDIO_DIR = Path(__file__).resolve().parent / "data" / "audio"  # the conftest's `audio_dir`, for module scope
+REPO = Path(__file__).resolve().parent.parent
+AUDIO_DIR = REPO / "tests" / "data" / "audio"  # the conftest's `audio_dir`, for module scope
 EN_TRANSCRIPT = "The quick brown fox jumps over the lazy dog. This is a short reference recording."
 QUICK = {"max_audio_seconds": 0.3, "seed": 11}
 MAX_TEXT_CHARS = 1500
@@ -698,3 +701,15 @@ def test_cors(api: Api) -> None:
     assert preflight.headers["Access-Control-Allow-Origin"] in ("*", "https://webui.example")
     response = api.post("/api/tts", json={"text": "Cors.", **QUICK}, headers={"Origin": "https://webui.example"})
     assert "X-Audio-Duration-S" in response.headers["Access-Control-Expose-Headers"]
+
+
+def test_front_end_imports_no_torch_and_starts_nothing() -> None:
+    code = (
+        "import sys, threading; import api_server, api_openai, api_jobs, api_metrics, api_audio; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'; "
+        "assert threading.active_count() == 1, threading.enumerate()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr
