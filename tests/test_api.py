@@ -685,6 +685,9 @@ def test_metrics(api: Api) -> None:
     assert "llasa_queue_depth" in text
     states = {m: metric_value(api, "llasa_model_state", model=m) for m in ("llasa", "xcodec2", "whisper")}
     assert states == {"llasa": 1.0, "xcodec2": 1.0, "whisper": 1.0}  # each model is in exactly one state
+    # The GPU manager's counters and durations per model (loads, reloads, last load time...).
+    assert metric_value(api, "llasa_model_loads", model="llasa") >= 1
+    assert metric_value(api, "llasa_model_last_load_s", model="llasa") > 0
 
 
 def test_cors(api: Api) -> None:
