@@ -566,5 +566,11 @@ def _stream_speech(ctx: ApiContext, kwargs: dict[str, Any], *, fmt: str, speed: 
                 )
 
     mimetype = "text/event-stream" if sse else AUDIO_FORMATS[fmt]
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Sample-Rate": str(OPENAI_SAMPLE_RATE)}
+    headers = {
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        "X-Sample-Rate": str(OPENAI_SAMPLE_RATE),
+        "X-Chunks": str(first.chunks_total),
+        "X-Seed": "" if first.seed is None else str(first.seed),
+    }
     return Response(body(), mimetype=mimetype, headers=headers)

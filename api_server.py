@@ -626,9 +626,8 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
         sample_rate = parse_sample_rate(fields.get("sample_rate"))
         kwargs = _tts_arguments(ctx, fields, files)
         if is_async:
-            # A bad request must get its 4xx now, not become a failed job: synthesize_stream() validates every
-            # argument eagerly (text, voice, reference, language, parameters) and touches no model until iterated.
-            service.synthesize_stream(**kwargs).close()
+            # A bad request must get its 4xx now, not become a failed job.
+            service.validate_synthesis(**kwargs)
             job = ctx.jobs.submit(kwargs, fmt=fmt, sample_rate=sample_rate)
             response = jsonify(job.to_dict(output_url))
             response.headers["Location"] = f"/api/jobs/{job.id}"

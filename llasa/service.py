@@ -193,6 +193,19 @@ class TTSService:
         plan = self._plan(text, reference_audio, reference_text, voice, language, params)
         return self._stream(plan, progress, cancel)
 
+    def validate_synthesis(
+        self,
+        text: str,
+        *,
+        reference_audio: AudioSource | None = None,
+        reference_text: str | None = None,
+        voice: str | None = None,
+        language: str | None = None,
+        params: GenerationParams | None = None,
+    ) -> None:
+        """Raise what synthesize() would raise for these arguments before touching a model (for job queues)."""
+        self._plan(text, reference_audio, reference_text, voice, language, params)
+
     def _stream(
         self, plan: _Plan, progress: ProgressCallback | None, cancel: threading.Event | None
     ) -> Iterator[AudioPiece]:
@@ -203,8 +216,14 @@ class TTSService:
             runner = self._run_chunks(plan, reference, chunks, timings, progress, cancel)
             for index, (chunk_audio, _codes) in enumerate(runner):
                 ready = joiner.push(chunk_audio)
-                yield AudioPiece(audio=ready, chunk_index=index, chunks_total=len(chunks))
-        yield AudioPiece(audio=joiner.finish(), chunk_index=len(chunks) - 1, chunks_total=len(chunks), final=True)
+                yield AudioPiece(audio=ready, chunk_index=index, chunks_total=len(chunks), seed=plan.params.seed)
+        yield AudioPiece(
+            audio=joiner.finish(),
+            chunk_index=len(chunks) - 1,
+            chunks_total=len(chunks),
+            final=True,
+            seed=plan.params.seed,
+        )
 
     @property
     def _crossfade_samples(self) -> int:

@@ -134,3 +134,5 @@ class AudioPiece:
     chunk_index: int
     chunks_total: int
     final: bool = False
+    seed: int | None = None
+    """The seed the whole synthesis uses (repeat it to get the same audio)."""

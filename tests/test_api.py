@@ -477,6 +477,8 @@ def test_openai_speech_streams_audio_chunk_by_chunk(api: Api) -> None:
     ) as response:
         assert response.headers["content-type"] == "audio/wav"
         assert "content-length" not in response.headers
+        assert response.headers["X-Seed"] == "5"
+        streamed_chunks = int(response.headers["X-Chunks"])
         data = b"".join(response.iter_bytes())
     # One header for the whole stream, open-ended sizes, then 24 kHz 16-bit mono samples.
     assert data[:4] == b"RIFF"
@@ -493,6 +495,7 @@ def test_openai_speech_streams_audio_chunk_by_chunk(api: Api) -> None:
     chunks = metric_value(api, "llasa_stream_chunks_total", endpoint="speech_stream") - chunks_before
     text_chunks = int(whole_response.headers["X-Chunks"])
     assert text_chunks >= 2
+    assert streamed_chunks == text_chunks
     assert chunks == text_chunks + 1  # one piece per text chunk as it is done, then the held-back crossfade tail
 
 
