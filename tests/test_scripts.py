@@ -545,3 +545,172 @@ def test_local_demo_start_synthesise_everywhere_stop(tmp_path: Path) -> None:
     assert "shutdown complete, every model released" in log
     # A second stop finds nothing to do.
     assert "nothing to stop" in run(["./stop.sh"], env=env, cwd=checkout).stdout
+
+
+# --- Docker mode against a fake `docker` (no engine here): the order of calls, .env, GPU and runtime choice ----
+
+FAKE_DOCKER = r"""#!/usr/bin/env bash
+# Records every call; `compose up -d` starts a stand-in HTTP server on the three ports, `compose down` stops it.
+printf '%s | DOCKER_RUNTIME=%s\n' "$*" "${DOCKER_RUNTIME:-}" >>"$FAKE_DOCKER_DIR/calls"
+case "$1" in
+info)
+  [ -n "${FAKE_DOCKER_DAEMON_DOWN:-}" ] && { echo "Cannot connect to the Docker daemon" >&2; exit 1; }
+  [ "${2:-}" = --format ] && printf '%s\n' "$FAKE_DOCKER_RUNTIMES"
+  exit 0 ;;
+version) echo 28.2.2; exit 0 ;;
+compose)
+  shift
+  while [ $# -gt 0 ]; do case "$1" in --project-directory | -f) shift 2 ;; *) break ;; esac; done
+  case "$1" in
+  version) echo "v2.40.3" ;;
+  up)
+    nohup "$FAKE_PYTHON" "$FAKE_DOCKER_DIR/server.py" >/dev/null 2>&1 &
+    echo $! >"$FAKE_DOCKER_DIR/server.pid" ;;
+  ps) [ -f "$FAKE_DOCKER_DIR/server.pid" ] && kill -0 "$(cat "$FAKE_DOCKER_DIR/server.pid")" && echo 0123abcd ;;
+  down) kill "$(cat "$FAKE_DOCKER_DIR/server.pid")" && rm "$FAKE_DOCKER_DIR/server.pid" ;;
+  esac
+  exit 0 ;;
+esac
+exit 0
+"""
+
+FAKE_SERVER = """
+import http.server, os, threading
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+
+servers = [http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ[name])), Handler)
+           for name in ("UI_PORT", "API_PORT", "MCP_PORT")]
+for server in servers[1:]:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+servers[0].serve_forever()
+"""
+
+NVIDIA_RUNTIMES = '{"io.containerd.runc.v2":{"path":"runc"},"nvidia":{"path":"nvidia-container-runtime"}}'
+
+
+@pytest.fixture
+def docker_checkout(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Path]]:
+    """A checkout, a fake docker (+ fake nvidia-smi with three GPUs) first on PATH, and the environment."""
+    checkout = copy_checkout(tmp_path / "checkout")
+    bin_dir = fake_nvidia_smi(tmp_path, THREE_GPUS)
+    fake_dir = tmp_path / "docker"
+    fake_dir.mkdir()
+    (fake_dir / "server.py").write_text(FAKE_SERVER)
+    docker = bin_dir / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in {"GPU_ID", "DOCKER_RUNTIME"}}
+    env.update(
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        FAKE_DOCKER_DIR=str(fake_dir),
+        FAKE_DOCKER_RUNTIMES=NVIDIA_RUNTIMES,
+        FAKE_PYTHON=sys.executable,
+        START_TIMEOUT_S="60",
+        UI_PORT=str(free_port()),
+        API_PORT=str(free_port()),
+        MCP_PORT=str(free_port()),
+    )
+    yield checkout, env, fake_dir
+    pid_file = fake_dir / "server.pid"
+    if pid_file.exists():
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def docker_calls(fake_dir: Path) -> list[str]:
+    calls = (fake_dir / "calls").read_text().splitlines() if (fake_dir / "calls").exists() else []
+    return [call for call in calls if call.startswith("compose ") and "version" not in call]
+
+
+def test_docker_mode_builds_starts_waits_and_stops(docker_checkout) -> None:
+    checkout, env, fake_dir = docker_checkout
+    result = run(["./start.sh"], env=env, cwd=checkout, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "using GPU 1 (most free memory" in result.stderr
+    assert "Llasa TTS is running (docker)." in result.stdout
+    assert f"REST API:  http://127.0.0.1:{env['API_PORT']}" in result.stdout
+    assert "docker compose logs -f" in result.stdout
+    # .env is .env.example with the chosen GPU filled in place and the user's ids for Compose appended.
+    expected = (checkout / ".env.example").read_text().replace(
+        "\nNVIDIA_VISIBLE_DEVICES=\n", "\nNVIDIA_VISIBLE_DEVICES=1\n"
+    ) + f"LLASA_UID={os.getuid()}\nLLASA_GID={os.getgid()}\n"
+    assert (checkout / ".env").read_text() == expected
+    for folder in ("models_cache", "outputs", "temp", "voices"):
+        assert (checkout / folder).is_dir()
+    calls = docker_calls(fake_dir)
+    assert [call.split(" | ")[0] for call in calls] == [
+        f"compose --project-directory {checkout} -f {checkout}/docker-compose.yml build",
+        f"compose --project-directory {checkout} -f {checkout}/docker-compose.yml up -d",
+    ]
+    assert calls[-1].endswith("DOCKER_RUNTIME=")  # the compose file's default: nvidia
+    assert not (checkout / ".env.demo").exists()
+
+    stopped = run(["./stop.sh"], env=env, cwd=checkout)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopping the container" in stopped.stdout
+    assert docker_calls(fake_dir)[-1].split(" | ")[0].endswith("down --timeout 60")
+    assert not (fake_dir / "server.pid").exists()
+
+
+def test_docker_mode_without_nvidia_runtime_says_how_to_fix_it(docker_checkout) -> None:
+    checkout, env, fake_dir = docker_checkout
+    env["FAKE_DOCKER_RUNTIMES"] = '{"runc":{"path":"runc"}}'
+    result = run(["./start.sh"], env=env, cwd=checkout, timeout=120)
+    assert result.returncode == 1
+    assert "Docker has no NVIDIA runtime" in result.stderr
+    assert "nvidia-ctk runtime configure --runtime=docker" in result.stderr
+    assert "DOCKER_RUNTIME=runc ./start.sh" in result.stderr
+    assert docker_calls(fake_dir) == []  # nothing built or started
+
+
+def test_docker_mode_without_a_gpu_runs_the_container_on_the_cpu(docker_checkout, tmp_path: Path) -> None:
+    checkout, env, fake_dir = docker_checkout
+    (tmp_path / "bin" / "nvidia-smi").unlink()
+    result = run(["./start.sh"], env=env, cwd=checkout, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the container will run on the CPU" in result.stdout
+    up = docker_calls(fake_dir)[-1]
+    assert " up -d | DOCKER_RUNTIME=runc" in up
+    assert run(["./stop.sh"], env=env, cwd=checkout).returncode == 0
+
+
+def test_docker_demo_writes_env_demo_and_a_normal_start_removes_it(docker_checkout) -> None:
+    checkout, env, fake_dir = docker_checkout
+    result = run(["./start.sh", "--demo"], env=env, cwd=checkout, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [call.split(" | ")[0] for call in docker_calls(fake_dir)]
+    assert calls[1].endswith("run --rm --no-deps llasa-tts python tools/make_tiny_models.py /app/demo_models")
+    assert calls[2].endswith("up -d")
+    demo_env = (checkout / ".env.demo").read_text()
+    assert "LLASA_MODEL=/app/demo_models/llasa\n" in demo_env
+    assert "WHISPER_MODEL=/app/demo_models/whisper\n" in demo_env
+    assert run(["./stop.sh"], env=env, cwd=checkout).returncode == 0
+
+    again = run(["./start.sh"], env=env, cwd=checkout, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (checkout / ".env.demo").exists()
+    dotenv = (checkout / ".env").read_text()
+    assert dotenv.count("\nLLASA_UID=") == dotenv.count("\nNVIDIA_VISIBLE_DEVICES=") == 1  # updated, not appended
+    assert run(["./stop.sh"], env=env, cwd=checkout).returncode == 0
+
+
+def test_without_a_docker_daemon_start_falls_back_to_local(docker_checkout) -> None:
+    checkout, env, fake_dir = docker_checkout
+    # The local start then stops early, on purpose: its "virtualenv" has a python that fails every command.
+    broken_python = fake_dir / "venv" / "bin" / "python"
+    broken_python.parent.mkdir(parents=True)
+    broken_python.write_text("#!/bin/sh\necho 'no pip here' >&2\nexit 1\n")
+    broken_python.chmod(0o755)
+    env.update(FAKE_DOCKER_DAEMON_DOWN="1", LLASA_VENV=str(fake_dir / "venv"), LLASA_CACHE_DIR=str(fake_dir))
+    result = run(["./start.sh"], env=env, cwd=checkout, timeout=120)
+    assert result.returncode == 1
+    assert "the Docker daemon is not reachable" in result.stdout
+    assert "running the service directly in a local virtualenv instead" in result.stdout
+    assert "no pip here" in result.stderr
+    assert "the local virtualenv could not be prepared" in result.stderr
+    assert docker_calls(fake_dir) == []
