@@ -10,8 +10,7 @@
 # Environment: GPU_ID (which GPU; default: the most free memory), UI_PORT / API_PORT / MCP_PORT / HOST (override
 # .env), START_TIMEOUT_S (how long to wait for the three ports, default 300), DOCKER_RUNTIME=runc (Docker on the
 # CPU), DEMO_MODELS_DIR (where --local --demo writes the tiny checkpoints), LLASA_RUN_DIR (local pid + log,
-# default ./logs),
-# LLASA_VENV / LLASA_CACHE_DIR / PYTHON (the local virtualenv, see scripts/venv.sh).
+# default ./logs), LLASA_VENV / LLASA_CACHE_DIR / PYTHON (the local virtualenv, see scripts/venv.sh).
 set -euo pipefail
 
 repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -457,7 +456,7 @@ PY
 
 # --- main ----------------------------------------------------------------------------------------------------
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 main() {
   local local_mode=0 demo=0 check=0
