@@ -925,10 +925,6 @@ class RunningServer:
         except OSError:
             action()  # the trigger is already closed (server.close() was called): the loop is winding down
 
-    @property
-    def _thread(self) -> threading.Thread:
-        return self.thread
-
 
 def main(argv: list[str] | None = None) -> None:
     """`python api_server.py`: the REST API alone (Settings -> logging -> TTSService -> waitress)."""

@@ -151,14 +151,10 @@ def start_api(service: Any, settings: Any, grace_s: float) -> FrontEnd:
         raise _port_error(settings.host, settings.api_port, "API_PORT", exc) from exc
     running.start()
 
-    def stop_accepting() -> None:
-        running.ctx.shutting_down = True  # /ready answers 503 from now on
-        running.server.close()  # the listener only: requests in flight keep their connections
-
     url = f"http://{_client_host(settings.host)}:{settings.api_port}"
-    # RunningServer.stop() closes the remaining connections, cancels unfinished jobs, stops the cleanup timer.
-    thread = getattr(running, "_thread", None)
-    return FrontEnd("api", "REST API", url, f"{url}/health", stop_accepting, running.stop, thread)
+    # stop_accepting() closes the listener only (/ready answers 503, requests in flight go on); stop() then closes
+    # the remaining connections, cancels unfinished jobs and stops the cleanup timer.
+    return FrontEnd("api", "REST API", url, f"{url}/health", running.stop_accepting, running.stop, running.thread)
 
 
 def start_mcp(service: Any, settings: Any, grace_s: float) -> FrontEnd:

@@ -416,7 +416,12 @@ def test_async_jobs_cancel_running_and_queued(api: Api) -> None:
     assert len(long_text) <= MAX_TEXT_CHARS
     first = api.post("/api/tts?async=true", json={"text": long_text, "max_audio_seconds": 1.0, "seed": 1}).json()
     second = api.post("/api/tts?async=true", json={"text": "Never runs.", **QUICK}).json()
-    wait_for(lambda: api.get(f"/api/jobs/{first['id']}").json()["state"] == "running", "the first job to run")
+    def first_is_generating() -> bool:
+        job = api.get(f"/api/jobs/{first['id']}").json()
+        return job["state"] == "running" and job["progress"]["chunks_total"] > 1
+
+    # Cancel once the chunks are planned, so the test can see that it stopped part-way.
+    wait_for(first_is_generating, "the first job to start generating")
     queued = api.delete(f"/api/jobs/{second['id']}")
     assert queued.status_code == 200
     assert queued.json()["state"] == "cancelled"
