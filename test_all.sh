@@ -7,36 +7,16 @@ set -euo pipefail
 repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$repo_dir"
 
-cache_root=${LLASA_CACHE_DIR:-$HOME/.cache/llasa-tts}
-venv_dir=${LLASA_VENV:-$cache_root/venv-py311}
-python_bin=${PYTHON:-}
-if [ -z "$python_bin" ]; then
-  for candidate in python3.11 python3.12 python3; do
-    if command -v "$candidate" >/dev/null 2>&1; then python_bin=$candidate; break; fi
-  done
-fi
-mkdir -p "$cache_root"
+# shellcheck source=scripts/venv.sh
+source "$repo_dir/scripts/venv.sh"
 
 log() { printf '\n== %s\n' "$*"; }
 
-# 1. Python dependencies: one virtualenv, updated in place whenever the requirement files change.
-wanted_stamp=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
-if [ ! -x "$venv_dir/bin/python" ]; then
-  log "creating virtualenv $venv_dir with $python_bin"
-  "$python_bin" -m venv "$venv_dir"
-fi
-if [ "$(cat "$venv_dir/.requirements-stamp" 2>/dev/null || true)" != "$wanted_stamp" ]; then
-  log "installing requirements-dev.txt into $venv_dir (first run takes a few minutes)"
-  install_log=$cache_root/pip-install.log
-  if ! "$venv_dir/bin/python" -m pip install --disable-pip-version-check -q -r requirements-dev.txt \
-      >"$install_log" 2>&1; then
-    grep -v 'WARNING: Location' "$install_log" | tail -n 40
-    echo "pip install failed; full log in $install_log" >&2
-    exit 1
-  fi
-  echo "$wanted_stamp" >"$venv_dir/.requirements-stamp"
-fi
-export PATH="$venv_dir/bin:$PATH"
+# 1. Python dependencies: one virtualenv outside the checkout (shared with ./start.sh --local), updated in place
+#    whenever the requirement files change (see scripts/venv.sh).
+llasa_ensure_venv "$repo_dir" || exit 1
+cache_root=$LLASA_CACHE_ROOT
+export PATH="$LLASA_VENV_DIR/bin:$PATH"
 
 # 2. System tools the tests drive: headless Chromium for the browser test, and a CJK font so its screenshots
 #    show the Chinese UI as text (Debian packages).
