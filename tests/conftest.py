@@ -85,25 +85,34 @@ def tiny_models() -> Path:
     return build_cached_tiny_models(_cache_root())
 
 
+def tiny_settings(tiny_models: Path, root: Path, **overrides: Any) -> Settings:
+    """Settings on the tiny checkpoints, on the CPU, servers on 127.0.0.1, folders under `root`.
+
+    A plain function, so module-scoped fixtures can use it too (`make_settings` is function-scoped).
+    """
+    values: dict[str, Any] = {
+        "llasa_model": str(tiny_models / "llasa"),
+        "xcodec2_model": str(tiny_models / "xcodec2"),
+        "whisper_model": str(tiny_models / "whisper"),
+        "device": "cpu",
+        "host": "127.0.0.1",
+        "output_dir": root / "outputs",
+        "temp_dir": root / "temp",
+        "voices_dir": root / "voices",
+        "gpu_monitor_interval": 0.05,
+        # A random Whisper never stops on its own: bound each window so transcription stays quick.
+        "whisper_max_new_tokens": 24,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
 @pytest.fixture
 def make_settings(tiny_models: Path, tmp_path: Path) -> Callable[..., Settings]:
     """Factory: `make_settings(**overrides)` -> Settings on the tiny models, CPU, folders under tmp_path."""
 
     def factory(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "llasa_model": str(tiny_models / "llasa"),
-            "xcodec2_model": str(tiny_models / "xcodec2"),
-            "whisper_model": str(tiny_models / "whisper"),
-            "device": "cpu",
-            "output_dir": tmp_path / "outputs",
-            "temp_dir": tmp_path / "temp",
-            "voices_dir": tmp_path / "voices",
-            "gpu_monitor_interval": 0.05,
-            # A random Whisper never stops on its own: bound each window so transcription stays quick.
-            "whisper_max_new_tokens": 24,
-        }
-        values.update(overrides)
-        return Settings(_env_file=None, **values)
+        return tiny_settings(tiny_models, tmp_path, **overrides)
 
     return factory
 

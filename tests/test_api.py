@@ -28,6 +28,7 @@ import openai
 import pytest
 import requests
 import soundfile
+from conftest import tiny_settings
 from flask import Flask
 from openapi_spec_validator import validate as validate_spec
 
@@ -46,22 +47,7 @@ TIMEOUT_S = 120
 
 
 def settings_for(tiny_models: Path, root: Path, **overrides: Any) -> Settings:
-    """The conftest's make_settings, for module-scoped fixtures (make_settings is function-scoped)."""
-    values: dict[str, Any] = {
-        "llasa_model": str(tiny_models / "llasa"),
-        "xcodec2_model": str(tiny_models / "xcodec2"),
-        "whisper_model": str(tiny_models / "whisper"),
-        "device": "cpu",
-        "host": "127.0.0.1",
-        "output_dir": root / "outputs",
-        "temp_dir": root / "temp",
-        "voices_dir": root / "voices",
-        "gpu_monitor_interval": 0.05,
-        "max_audio_seconds": 0.3,
-        "whisper_max_new_tokens": 24,  # a random Whisper otherwise writes 448 tokens per window
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return tiny_settings(tiny_models, root, **{"max_audio_seconds": 0.3, **overrides})
 
 
 @dataclass
@@ -416,6 +402,7 @@ def test_async_jobs_cancel_running_and_queued(api: Api) -> None:
     assert len(long_text) <= MAX_TEXT_CHARS
     first = api.post("/api/tts?async=true", json={"text": long_text, "max_audio_seconds": 1.0, "seed": 1}).json()
     second = api.post("/api/tts?async=true", json={"text": "Never runs.", **QUICK}).json()
+
     def first_is_generating() -> bool:
         job = api.get(f"/api/jobs/{first['id']}").json()
         return job["state"] == "running" and job["progress"]["chunks_total"] > 1

@@ -25,6 +25,7 @@ import openai
 import pytest
 import requests
 import soundfile
+from conftest import tiny_settings
 
 from api_server import RunningServer, create_app
 from llasa.config import Settings
@@ -39,22 +40,7 @@ LONG_TEXT = " ".join(f"Sentence number {i} is spoken here." for i in range(60))
 
 
 def settings_for(tiny_models: Path, root: Path, **overrides: Any) -> Settings:
-    """The conftest's make_settings, for the module-scoped server (make_settings is function-scoped)."""
-    values: dict[str, Any] = {
-        "llasa_model": str(tiny_models / "llasa"),
-        "xcodec2_model": str(tiny_models / "xcodec2"),
-        "whisper_model": str(tiny_models / "whisper"),
-        "device": "cpu",
-        "host": "127.0.0.1",
-        "output_dir": root / "outputs",
-        "temp_dir": root / "temp",
-        "voices_dir": root / "voices",
-        "gpu_monitor_interval": 0.05,
-        "max_audio_seconds": 0.3,
-        "whisper_max_new_tokens": 24,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return tiny_settings(tiny_models, root, **{"max_audio_seconds": 0.3, **overrides})
 
 
 class Served:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import requests
 import soundfile
+from conftest import tiny_settings
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import McpError, ToolError
@@ -70,21 +71,7 @@ def run(coro: Any) -> Any:
 
 
 def settings_for(tiny_models: Path, root: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "llasa_model": str(tiny_models / "llasa"),
-        "xcodec2_model": str(tiny_models / "xcodec2"),
-        "whisper_model": str(tiny_models / "whisper"),
-        "device": "cpu",
-        "host": "127.0.0.1",
-        "output_dir": root / "outputs",
-        "temp_dir": root / "temp",
-        "voices_dir": root / "voices",
-        "gpu_monitor_interval": 0.05,
-        "max_audio_seconds": 0.2,
-        "whisper_max_new_tokens": 24,  # the random Whisper would otherwise write until its limit
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+    return tiny_settings(tiny_models, root, **{"max_audio_seconds": 0.2, **overrides})
 
 
 def free_port() -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import tiny_settings
 
-from llasa.config import Settings
 from llasa.errors import (
     AudioTooShort,
     Cancelled,
@@ -30,19 +30,7 @@ EN_TRANSCRIPT = "The quick brown fox jumps over the lazy dog. This is a short re
 @pytest.fixture(scope="module")
 def service(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("service")
-    settings = Settings(
-        _env_file=None,
-        llasa_model=str(tiny_models / "llasa"),
-        xcodec2_model=str(tiny_models / "xcodec2"),
-        whisper_model=str(tiny_models / "whisper"),
-        device="cpu",
-        output_dir=root / "outputs",
-        temp_dir=root / "temp",
-        voices_dir=root / "voices",
-        gpu_monitor_interval=0.05,
-        crossfade_ms=40,
-        whisper_max_new_tokens=24,
-    )
+    settings = tiny_settings(tiny_models, root, crossfade_ms=40)
     svc = TTSService(settings)
     yield svc
     svc.shutdown()

@@ -15,10 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import requests
 import soundfile
+from conftest import tiny_settings
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -36,24 +38,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _settings(tiny_models: Path, root: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "llasa_model": str(tiny_models / "llasa"),
-        "xcodec2_model": str(tiny_models / "xcodec2"),
-        "whisper_model": str(tiny_models / "whisper"),
-        "device": "cpu",
-        "host": "127.0.0.1",
-        "ui_port": _free_port(),
-        "output_dir": root / "outputs",
-        "temp_dir": root / "temp",
-        "voices_dir": root / "voices",
-        "gpu_monitor_interval": 0.05,
-        # Short generations keep the suite fast: 1 s of audio is 50 codes for the tiny model.
-        "max_audio_seconds": 1.0,
-        "max_queue": 3,
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
+def _settings(tiny_models: Path, root: Path, **overrides: Any) -> Settings:
+    return tiny_settings(
+        tiny_models, root, **{"ui_port": _free_port(), "max_audio_seconds": 1.0, "max_queue": 3, **overrides}
+    )
 
 
 @pytest.fixture(scope="module")
