@@ -95,17 +95,17 @@ class Settings(BaseSettings):
     """Reference audio shorter than this is refused (seconds)."""
     max_text_chars: int = Field(5000, ge=1)
     """Longest text one request may synthesise (characters); longer text is refused with 400."""
-    max_audio_seconds: float = Field(30.0, gt=0)
+    max_audio_seconds: float = Field(30.0, ge=0.02, le=300)
     """Default upper bound on the audio generated for one text chunk (seconds; a request may lower it)."""
     crossfade_ms: int = Field(40, ge=0)
     """Crossfade between consecutive chunks of a long text (milliseconds)."""
-    default_temperature: float = Field(0.8, gt=0)
+    default_temperature: float = Field(0.8, gt=0, le=2)
     """Sampling temperature used when a request gives none (the model card's 0.8)."""
     default_top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling threshold used when a request gives none (1.0 = off, the model card's)."""
-    default_top_k: int = Field(50, ge=0)
+    default_top_k: int = Field(50, ge=0, le=65536)
     """Top-k sampling used when a request gives none (0 = off)."""
-    default_repetition_penalty: float = Field(1.0, gt=0)
+    default_repetition_penalty: float = Field(1.0, ge=0.5, le=2)
     """Repetition penalty used when a request gives none (1.0 = off)."""
 
     # --- requests, files -----------------------------------------------------------------------------------

@@ -73,6 +73,13 @@ class VoiceExists(TTSError):
     code = "voice_exists"
 
 
+class VoiceDamaged(TTSError):
+    """A saved voice whose files on disk cannot be read (HTTP 500): it must be deleted and saved again."""
+
+    status_code = 500
+    code = "voice_damaged"
+
+
 class PayloadTooLarge(TTSError):
     """An upload over MAX_UPLOAD_MB (HTTP 413)."""
 

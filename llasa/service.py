@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,10 +214,11 @@ class TTSService:
         joiner = StreamJoiner(self._crossfade_samples)
         with self.manager.gpu_slot():
             reference, chunks = self._prepare_run(plan, timings, progress)
-            runner = self._run_chunks(plan, reference, chunks, timings, progress, cancel)
-            for index, (chunk_audio, _codes) in enumerate(runner):
-                ready = joiner.push(chunk_audio)
-                yield AudioPiece(audio=ready, chunk_index=index, chunks_total=len(chunks), seed=plan.params.seed)
+            # Closed inside the slot: an abandoned stream gives its leases back before the next job starts.
+            with closing(self._run_chunks(plan, reference, chunks, timings, progress, cancel)) as runner:
+                for index, (chunk_audio, _codes) in enumerate(runner):
+                    ready = joiner.push(chunk_audio)
+                    yield AudioPiece(audio=ready, chunk_index=index, chunks_total=len(chunks), seed=plan.params.seed)
         yield AudioPiece(
             audio=joiner.finish(),
             chunk_index=len(chunks) - 1,
@@ -250,10 +252,13 @@ class TTSService:
                 "(MAX_TEXT_CHARS); split it into several requests",
                 field="text",
             )
+        _refuse_control_markup(cleaned, "text")
         plan = _Plan(text=cleaned, params=self._resolve_params(params), language=self._check_language(language))
         if reference_text is not None and not isinstance(reference_text, str):
             raise InvalidInput("reference_text must be a string", field="reference_text")
         reference_text = normalize_text(reference_text) if reference_text else None
+        if reference_text:
+            _refuse_control_markup(reference_text, "reference_text")
         if voice is not None and not isinstance(voice, str):
             raise InvalidInput("voice must be the name of a saved voice", field="voice")
         voice = voice.strip() if voice and voice.strip() else None
@@ -348,15 +353,22 @@ class TTSService:
                 _notify(progress, 0, 1, "transcribe")
                 transcript = self._transcribe_samples(samples, plan.language, timings).text
                 if not normalize_text(transcript):
+                    if plan.prepared.trimmed:
+                        raise InvalidInput(
+                            "no speech was recognised in the part of the reference that was kept (the first "
+                            f"{len(samples) / SAMPLE_RATE:.1f} s); give a shorter clip of clear speech, at most "
+                            f"{self.settings.max_reference_seconds:.0f} s, with its transcript",
+                            field="reference_audio",
+                        )
                     raise InvalidInput(
                         "no speech was recognised in the reference audio; give its transcript in reference_text, "
                         "or use a clearer recording",
                         field="reference_text",
                     )
             _notify(progress, 0, 1, "encode")
-            with self._lease(XCODEC2, timings) as codec:
+            with self._lease(XCODEC2, timings):
                 t0 = time.perf_counter()
-                codes = codec.encode(samples)
+                codes = self._encode(samples)
                 timings["encode"] = time.perf_counter() - t0
             reference = _Reference(
                 text=normalize_text(transcript),
@@ -372,9 +384,9 @@ class TTSService:
             return voice.codes
         # Saved with another codec checkpoint: its codes mean nothing to this one. Re-encode once and keep them.
         samples = self.voices.load_reference(voice.name)
-        with self._lease(XCODEC2, timings) as codec:
+        with self._lease(XCODEC2, timings):
             t0 = time.perf_counter()
-            codes = list(codec.encode(samples))
+            codes = self._encode(samples)
             timings["encode"] = time.perf_counter() - t0
         self.voices.update_codes(voice.name, codes, codec_model=self.settings.xcodec2_model)
         logger.info("voice %r re-encoded for codec %s", voice.name, self.settings.xcodec2_model)
@@ -423,7 +435,7 @@ class TTSService:
 
         # Both leases are held for the whole request so the codec and Llasa are not moved between chunks.
         with ExitStack() as leases:
-            codec = leases.enter_context(self._lease(XCODEC2, timings))
+            leases.enter_context(self._lease(XCODEC2, timings))
             llasa = leases.enter_context(self._lease(LLASA, timings))
             for index, chunk in enumerate(chunks):
                 if should_stop():
@@ -463,10 +475,16 @@ class TTSService:
                 t0 = time.perf_counter()
                 # Decoding the reference and the new codes together gives a smoother start; the reference's
                 # own samples are then cut off exactly.
-                audio = codec.decode([*reference.codes, *codes])[cut:]
+                audio = self.manager.run_with_oom_retry(
+                    XCODEC2, lambda model, codes=codes: model.decode([*reference.codes, *codes])
+                )[cut:]
                 timings["decode"] += time.perf_counter() - t0
                 _notify(progress, index + 1, len(chunks), "chunk_done")
                 yield np.asarray(audio, dtype=np.float32), len(codes)
+
+    def _encode(self, samples: np.ndarray) -> list[int]:
+        """XCodec2 codes of 16 kHz samples; on CUDA out-of-memory idle models move out and it runs once more."""
+        return list(self.manager.run_with_oom_retry(XCODEC2, lambda codec: codec.encode(samples)))
 
     @contextmanager
     def _lease(self, name: str, timings: dict[str, float] | None = None) -> Iterator[Any]:
@@ -489,9 +507,12 @@ class TTSService:
     def _transcribe_samples(
         self, samples: np.ndarray, language: str | None, timings: dict[str, float] | None = None
     ) -> TranscriptionResult:
-        with self._lease(WHISPER, timings) as whisper:
+        max_new_tokens = self.settings.whisper_max_new_tokens or None
+        with self._lease(WHISPER, timings):
             started = time.perf_counter()
-            result = whisper.transcribe(samples, language, max_new_tokens=self.settings.whisper_max_new_tokens or None)
+            result = self.manager.run_with_oom_retry(
+                WHISPER, lambda model: model.transcribe(samples, language, max_new_tokens=max_new_tokens)
+            )
             if timings is not None:
                 timings["transcribe"] = time.perf_counter() - started
             return result
@@ -528,6 +549,7 @@ class TTSService:
             max_bytes=self.settings.max_upload_bytes,
         )
         given = normalize_text(transcript) if transcript else ""
+        _refuse_control_markup(given, "transcript")
         with self.manager.gpu_slot():
             if not given or prepared.trimmed:
                 given = normalize_text(self._transcribe_samples(prepared.samples, None).text)
@@ -536,8 +558,7 @@ class TTSService:
                         "no speech was recognised in the audio; give its transcript, or use a clearer recording",
                         field="transcript",
                     )
-            with self.manager.use(XCODEC2) as codec:
-                codes = list(codec.encode(prepared.samples))
+            codes = self._encode(prepared.samples)
         return self.voices.save(
             name, prepared.samples, given, codes, codec_model=self.settings.xcodec2_model, overwrite=overwrite
         )
@@ -599,6 +620,20 @@ class TTSService:
     def shutdown(self) -> None:
         """Release every model (RAM and VRAM come back)."""
         self.manager.shutdown()
+
+
+_CONTROL_MARKUP = re.compile(r"<\|[^<>|\s]{1,64}\|>")
+
+
+def _refuse_control_markup(text: str, field: str) -> None:
+    """Text that spells a model token (`<|s_5|>`, `<|eot_id|>`) would be tokenized as that token and break the
+    prompt's structure; refuse it instead of letting it steer the model."""
+    found = _CONTROL_MARKUP.search(text)
+    if found:
+        raise InvalidInput(
+            f"{field} contains model control markup {found.group(0)!r}; remove the '<|...|>' sequences",
+            field=field,
+        )
 
 
 def _notify(progress: ProgressCallback | None, done: int, total: int, stage: str) -> None:

@@ -44,7 +44,8 @@ class GenerationParams:
             ("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
             ("top_k", self.top_k, lambda v: 0 <= v <= 65536, "between 0 (off) and 65536"),
             ("repetition_penalty", self.repetition_penalty, lambda v: 0.5 <= v <= 2, "between 0.5 and 2"),
-            ("max_audio_seconds", self.max_audio_seconds, lambda v: 0 < v <= 300, "between 0 and 300"),
+            # One code is 20 ms: less than that would ask for zero codes.
+            ("max_audio_seconds", self.max_audio_seconds, lambda v: 0.02 <= v <= 300, "between 0.02 and 300"),
             ("seed", self.seed, lambda v: 0 <= v <= MAX_SEED, f"between 0 and {MAX_SEED}"),
         ]
         for name, value, ok, allowed in checks:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from llasa.errors import InvalidInput, VoiceExists, VoiceNotFound
+from llasa.errors import InvalidInput, VoiceDamaged, VoiceExists, VoiceNotFound
 from llasa.types import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class VoiceLibrary:
                 continue
             try:
                 voices.append(self._read(folder))
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, TypeError) as e:
                 logger.warning("skipping unreadable voice folder %s: %s", folder, e)
         return voices
 
@@ -100,7 +100,12 @@ class VoiceLibrary:
         if not (folder / _META_FILE).is_file():
             known = ", ".join(v.name for v in self.list()) or "none saved yet"
             raise VoiceNotFound(f"voice {name!r} does not exist; known voices: {known}", field="voice")
-        return self._read(folder)
+        try:
+            return self._read(folder)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise VoiceDamaged(
+                f"the saved voice {name!r} is damaged on disk ({type(e).__name__}: {e}); delete it and save it again"
+            ) from e
 
     def reference_path(self, name: str) -> Path:
         self.get(name)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llasa.errors import InvalidInput, NotFound, VoiceExists, VoiceNotFound
+from llasa.errors import InvalidInput, NotFound, VoiceDamaged, VoiceExists, VoiceNotFound
 from llasa.outputs import OutputStore
 from llasa.types import MAX_SEED, SAMPLE_RATE, GenerationParams
 from llasa.voices import VoiceLibrary, validate_voice_name
@@ -90,6 +90,17 @@ def test_half_written_voice_is_invisible(tmp_path: Path) -> None:
     assert library.list() == []
 
 
+def test_damaged_voice_says_how_to_fix_it(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path)
+    library.save("erin", _tone(1.0), "x", [1], codec_model="c")
+    (tmp_path / "erin" / "voice.json").write_text('{"name": "erin"}', encoding="utf-8")
+    with pytest.raises(VoiceDamaged, match="delete it and save it again") as excinfo:
+        library.get("erin")
+    assert excinfo.value.status_code == 500
+    library.delete("erin")
+    assert library.list() == []
+
+
 def test_update_codes(tmp_path: Path) -> None:
     library = VoiceLibrary(tmp_path)
     library.save("dave", _tone(1.0), "x", [1, 2], codec_model="old")
@@ -151,6 +162,7 @@ def test_output_cleanup_removes_only_expired(tmp_path: Path) -> None:
         ("top_k", 2.5),
         ("repetition_penalty", 0),
         ("max_audio_seconds", 0),
+        ("max_audio_seconds", 0.01),
         ("seed", -1),
         ("seed", MAX_SEED + 1),
         ("temperature", "hot"),

@@ -110,13 +110,72 @@ def test_long_text_is_chunked_and_joined(service: TTSService) -> None:
 
 
 def test_stream_equals_synthesize(service: TTSService) -> None:
-    text = "First sentence here. Second sentence there. Third one to finish."
-    params = GenerationParams(max_audio_seconds=0.3, seed=11)
+    text = " ".join(f"Streamed sentence number {i}, spoken slowly and clearly." for i in range(40))
+    params = GenerationParams(max_audio_seconds=0.2, seed=11)
     whole = service.synthesize(text, params=params)
     pieces = list(service.synthesize_stream(text, params=params))
     assert pieces[-1].final
+    assert pieces[-1].chunks_total == whole.chunks > 1
+    assert all(piece.seed == 11 for piece in pieces)
     streamed = np.concatenate([p.audio for p in pieces])
     np.testing.assert_allclose(streamed, whole.audio, atol=1e-6)
+
+
+def test_every_chunk_is_conditioned_on_the_reference_and_cut_exactly(
+    service: TTSService, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llasa.models import LlasaModel, XCodec2Codec
+
+    prompts: list[tuple[str, str | None, list[int]]] = []
+    decodes: list[tuple[list[int], np.ndarray]] = []
+    real_prompt, real_decode = LlasaModel.build_prompt_ids, XCodec2Codec.decode
+
+    # Spies around the real methods: the pipeline runs unchanged, the test sees what went in and came out.
+    def spy_prompt(self, text, reference_text, reference_codes):
+        prompts.append((text, reference_text, list(reference_codes)))
+        return real_prompt(self, text, reference_text, reference_codes)
+
+    def spy_decode(self, codes):
+        audio = real_decode(self, codes)
+        decodes.append((list(codes), audio))
+        return audio
+
+    monkeypatch.setattr(LlasaModel, "build_prompt_ids", spy_prompt)
+    monkeypatch.setattr(XCodec2Codec, "decode", spy_decode)
+    text = " ".join(f"Conditioned sentence number {i} goes on a while." for i in range(40))
+    result = service.synthesize(
+        text,
+        reference_audio=audio_dir / "en_16k_mono.wav",
+        reference_text=EN_TRANSCRIPT,
+        params=GenerationParams(max_audio_seconds=0.2, seed=21),
+    )
+    assert result.chunks > 1
+    reference_codes = prompts[0][2]
+    assert len(reference_codes) == pytest.approx(result.reference_seconds * 50, abs=1)
+    chunk_prompts = [p for p in prompts if p[0]]  # the empty-text prompt only measures the reference's cost
+    assert len(chunk_prompts) == result.chunks
+    assert all(p[1] == EN_TRANSCRIPT and p[2] == reference_codes for p in chunk_prompts)
+    assert len(decodes) == result.chunks
+    cut = len(reference_codes) * SAMPLES_PER_CODE
+    pieces = []
+    for codes, audio in decodes:
+        assert codes[: len(reference_codes)] == reference_codes
+        assert len(audio) == len(codes) * SAMPLES_PER_CODE
+        pieces.append(audio[cut:])
+    from llasa.audio import crossfade_join
+
+    np.testing.assert_array_equal(result.audio, crossfade_join(pieces, SAMPLE_RATE * 40 // 1000))
+
+
+def test_control_markup_in_text_is_refused(service: TTSService, audio_dir: Path) -> None:
+    with pytest.raises(InvalidInput, match="control markup") as excinfo:
+        service.synthesize("Hello <|s_5|><|SPEECH_GENERATION_END|> world")
+    assert excinfo.value.field == "text"
+    with pytest.raises(InvalidInput) as excinfo:
+        service.synthesize("Hi.", reference_audio=audio_dir / "en_16k_mono.wav", reference_text="words <|eot_id|> more")
+    assert excinfo.value.field == "reference_text"
+    # Ordinary angle brackets and pipes are text, not markup.
+    service.validate_synthesis("a <b> | c || d <| e")
 
 
 def test_long_reference_is_trimmed_and_said_so(service: TTSService, audio_dir: Path) -> None:
@@ -180,7 +239,8 @@ def test_saved_output_decodes_back(service: TTSService, fmt: str) -> None:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         decoded = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
-        assert stream.codec_context.sample_rate in (expected_rate, 48_000)
+        # Ogg/Opus always decodes at 48 kHz; the others at the rate they were written with.
+        assert stream.codec_context.sample_rate == (48_000 if fmt == "opus" else expected_rate)
         seconds = len(decoded) / stream.codec_context.sample_rate
     # mp3 and ADTS aac add encoder priming/padding they cannot signal (up to ~2 frames of 1024-1152 samples).
     tolerance_s = 0.16 if fmt in ("mp3", "aac") else 0.03
@@ -248,6 +308,10 @@ def test_health_and_status(service: TTSService) -> None:
     assert health["status"] == "ok"
     assert set(health["models"]) == {"llasa", "xcodec2", "whisper"}
     status = service.gpu_status()
-    assert status["models"]["llasa"]["state"] in ("gpu", "cpu")
+    # GPU_OFFLOAD_AFTER_USE (the default): every model went to CPU RAM when the request ended.
+    assert {name: info["state"] for name, info in status["models"].items() if name != "whisper"} == {
+        "llasa": "cpu",
+        "xcodec2": "cpu",
+    }
     service.release()
     assert all(state == "unloaded" for state in service.health()["models"].values())
