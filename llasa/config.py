@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     api_key: str = ""
     """When set, every REST route but /health and /ready, and the MCP HTTP transport, require
     `Authorization: Bearer <API_KEY>` (empty = no authentication)."""
+    cors_origins: str = ""
+    """Web origins allowed to call the REST API from a browser, comma-separated (e.g. https://app.example.com), or
+    * for any (empty = none: only same-origin pages, scripts and servers can call it)."""
     gradio_auth: str = ""
     """`user:password` protecting the web UI (empty = open)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -133,6 +136,11 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """CORS_ORIGINS as a list ([] = no cross-origin access)."""
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def max_upload_bytes(self) -> int:

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 #: File extension for each output format (opus travels in an Ogg container).
 FORMAT_EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "ogg", "aac": "aac", "pcm": "pcm"}
-_OUTPUT_ID = re.compile(r"^[0-9a-f]{32}\.(wav|flac|mp3|ogg|aac|pcm)$")
+_OUTPUT_ID = re.compile(r"[0-9a-f]{32}\.(wav|flac|mp3|ogg|aac|pcm)")
 
 
 @dataclass
@@ -66,7 +66,7 @@ class OutputStore:
         )
 
     def path_for(self, output_id: str) -> Path:
-        if not isinstance(output_id, str) or not _OUTPUT_ID.match(output_id):
+        if not isinstance(output_id, str) or not _OUTPUT_ID.fullmatch(output_id):
             raise NotFound(f"no output with id {str(output_id)[:80]!r}; ids look like '<32 hex digits>.wav'")
         path = self.root / output_id
         if not path.is_file():
@@ -80,7 +80,7 @@ class OutputStore:
         cutoff = (time.time() if now is None else now) - self.ttl_s
         removed = 0
         for path in self.root.iterdir():
-            if not (_OUTPUT_ID.match(path.name) or path.name.endswith(".part")):
+            if not (_OUTPUT_ID.fullmatch(path.name) or path.name.endswith(".part")):
                 continue
             try:
                 if path.stat().st_mtime < cutoff:

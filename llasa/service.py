@@ -117,6 +117,8 @@ class TTSService:
         )
         for folder in (settings.output_dir, settings.temp_dir, settings.voices_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
+        self._cleanup_stop = threading.Event()
+        self._cleanup_thread: threading.Thread | None = None
 
     # --- synthesis -----------------------------------------------------------------------------------------
 
@@ -550,6 +552,13 @@ class TTSService:
         )
         given = normalize_text(transcript) if transcript else ""
         _refuse_control_markup(given, "transcript")
+        warnings = []
+        if given and prepared.trimmed:
+            warnings.append(
+                f"the audio was {prepared.original_seconds:.1f} s long and was trimmed to "
+                f"{len(prepared.samples) / SAMPLE_RATE:.1f} s; the given transcript covered the whole clip, so the "
+                "kept part was transcribed again (check it, and edit it if needed)"
+            )
         with self.manager.gpu_slot():
             if not given or prepared.trimmed:
                 given = normalize_text(self._transcribe_samples(prepared.samples, None).text)
@@ -559,9 +568,19 @@ class TTSService:
                         field="transcript",
                     )
             codes = self._encode(prepared.samples)
-        return self.voices.save(
+        info = self.voices.save(
             name, prepared.samples, given, codes, codec_model=self.settings.xcodec2_model, overwrite=overwrite
         )
+        info.warnings = warnings
+        return info
+
+    def update_voice(self, name: str, transcript: str) -> VoiceInfo:
+        """Replace a saved voice's transcript (it must match the voice's audio word for word). No model work."""
+        if not isinstance(transcript, str) or not normalize_text(transcript):
+            raise InvalidInput("transcript is empty; give the words spoken in the voice's audio", field="transcript")
+        cleaned = normalize_text(transcript)
+        _refuse_control_markup(cleaned, "transcript")
+        return self.voices.update_transcript(name, cleaned)
 
     def delete_voice(self, name: str) -> None:
         self.voices.delete(name)
@@ -579,6 +598,27 @@ class TTSService:
 
     def cleanup_outputs(self) -> int:
         return self.outputs.cleanup()
+
+    def start_output_cleanup(self, interval_s: float | None = None) -> None:
+        """Delete expired outputs now and then every `interval_s` (default: a tenth of OUTPUT_TTL_HOURS, 1 min to
+        1 h) on a daemon thread, until shutdown(). Whoever runs the service (main.py, a front end run alone)
+        starts it; nothing starts at construction."""
+        if self._cleanup_thread is not None:
+            return
+        if interval_s is None:
+            interval_s = min(max(self.settings.output_ttl_hours * 3600 / 10, 60.0), 3600.0)
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.cleanup_outputs()
+                except OSError:
+                    logger.warning("output cleanup failed", exc_info=True)
+                if self._cleanup_stop.wait(interval_s):
+                    return
+
+        self._cleanup_thread = threading.Thread(target=loop, name="output-cleanup", daemon=True)
+        self._cleanup_thread.start()
 
     # --- GPU control and status ----------------------------------------------------------------------------
 
@@ -618,7 +658,10 @@ class TTSService:
         }
 
     def shutdown(self) -> None:
-        """Release every model (RAM and VRAM come back)."""
+        """Stop the output cleanup and release every model (RAM and VRAM come back)."""
+        self._cleanup_stop.set()
+        if self._cleanup_thread is not None:
+            self._cleanup_thread.join(timeout=5)
         self.manager.shutdown()
 
 

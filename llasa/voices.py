@@ -47,6 +47,8 @@ class VoiceInfo:
     created_at: str
     codec_model: str = ""
     codes: list[int] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
+    """Not stored: what the caller of create/update should know (e.g. a transcript redone after a trim)."""
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -142,17 +144,23 @@ class VoiceLibrary:
         try:
             soundfile.write(staging / _REFERENCE_FILE, samples, SAMPLE_RATE, subtype="PCM_16")
             meta = asdict(info)
+            meta.pop("warnings")
             (staging / _META_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
             with self._lock:
                 target = self.root / name
+                trash = None
                 if target.exists():
                     if not overwrite:
                         raise VoiceExists(
                             f"a voice named {name!r} already exists; delete it first or choose another name",
                             field="name",
                         )
-                    self._remove(target)
+                    # Old out of the way, new into place, then delete the old: a crash leaves one of the two.
+                    trash = self.root / f".trash-{uuid.uuid4().hex}"
+                    os.rename(target, trash)
                 os.rename(staging, target)
+            if trash is not None:
+                shutil.rmtree(trash, ignore_errors=True)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -161,12 +169,22 @@ class VoiceLibrary:
 
     def update_codes(self, name: str, codes: list[int], *, codec_model: str) -> None:
         """Replace a voice's stored codes (after the codec model changed), atomically."""
+        self._update_meta(name, codes=[int(c) for c in codes], num_codes=len(codes), codec_model=codec_model)
+
+    def update_transcript(self, name: str, transcript: str) -> VoiceInfo:
+        """Replace a voice's transcript (it must match the reference audio word for word), atomically."""
+        self._update_meta(name, transcript=transcript)
+        return self.get(name)
+
+    def _update_meta(self, name: str, **changes: object) -> None:
+        self.get(name)  # VoiceNotFound / VoiceDamaged with their messages
         folder = self._folder(name)
-        meta = json.loads((folder / _META_FILE).read_text(encoding="utf-8"))
-        meta.update(codes=[int(c) for c in codes], num_codes=len(codes), codec_model=codec_model)
-        staging = folder / f".{_META_FILE}.{uuid.uuid4().hex}"
-        staging.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-        os.replace(staging, folder / _META_FILE)
+        with self._lock:
+            meta = json.loads((folder / _META_FILE).read_text(encoding="utf-8"))
+            meta.update(changes)
+            staging = folder / f".{_META_FILE}.{uuid.uuid4().hex}"
+            staging.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+            os.replace(staging, folder / _META_FILE)
 
     def delete(self, name: str) -> None:
         folder = self._folder(name)

@@ -181,3 +181,40 @@ def test_valid_parameters_pass() -> None:
         temperature=0.8, top_p=1.0, top_k=0, repetition_penalty=1.1, max_audio_seconds=10, seed=0
     ).validate()
     GenerationParams().validate()
+
+
+def test_update_transcript_is_atomic_and_validated(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path)
+    library.save("fay", _tone(1.0), "old words", [1, 2], codec_model="c")
+    info = library.update_transcript("fay", "new words")
+    assert info.transcript == "new words"
+    assert info.codes == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "fay").iterdir()) == ["reference.wav", "voice.json"]
+    with pytest.raises(VoiceNotFound):
+        library.update_transcript("nobody", "x")
+
+
+def test_overwrite_keeps_a_voice_at_every_moment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    library = VoiceLibrary(tmp_path)
+    library.save("gus", _tone(1.0), "first", [1], codec_model="c")
+    real_rename = os.rename
+    seen: list[list[str]] = []
+
+    def watching_rename(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
+        real_rename(src, dst)
+        seen.append(sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")))
+
+    monkeypatch.setattr(os, "rename", watching_rename)
+    library.save("gus", _tone(1.0), "second", [2], codec_model="c", overwrite=True)
+    # Right after the old folder moved aside the name is briefly free, then the new one is in place; the old
+    # copy is still on disk (as trash) until the new one has landed.
+    assert seen[-1] == ["gus"]
+    assert library.get("gus").transcript == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gus"]
+
+
+def test_output_ids_with_a_trailing_newline_are_refused(tmp_path: Path) -> None:
+    store = OutputStore(tmp_path, ttl_hours=1, base_url="")
+    saved = store.save(b"x", "wav", "audio/wav")
+    with pytest.raises(NotFound):
+        store.path_for(saved.id + "\n")

@@ -225,6 +225,41 @@ def test_voice_library_through_the_service(service: TTSService, audio_dir: Path)
         service.synthesize("Gone.", voice="narrator", params=SHORT)
 
 
+def test_update_voice_transcript_and_trimmed_voice_warning(service: TTSService, audio_dir: Path) -> None:
+    info = service.create_voice(
+        "long one", audio_dir / "en_long_22k.ogg", "a transcript of the whole twenty-four seconds"
+    )
+    # The clip was trimmed, so the given transcript no longer matched the audio: it was redone, and said so.
+    assert info.warnings
+    assert "trimmed" in info.warnings[0]
+    assert info.duration_s <= service.settings.max_reference_seconds + 1e-6
+    updated = service.update_voice("long one", "  corrected   words  ")
+    assert updated.transcript == "corrected words"
+    assert service.get_voice("long one").transcript == "corrected words"
+    with pytest.raises(InvalidInput):
+        service.update_voice("long one", "   ")
+    with pytest.raises(InvalidInput, match="control markup"):
+        service.update_voice("long one", "a <|eot_id|> b")
+    with pytest.raises(VoiceNotFound):
+        service.update_voice("missing voice", "words")
+    service.delete_voice("long one")
+
+
+def test_output_cleanup_thread_deletes_expired_files(service: TTSService) -> None:
+    import os
+    import time
+
+    result = service.synthesize("Expire me.", params=SHORT)
+    saved = service.save_output(result, "wav")
+    old = time.time() - service.settings.output_ttl_hours * 3600 - 60
+    os.utime(saved.path, (old, old))
+    service.start_output_cleanup(interval_s=0.05)
+    deadline = time.monotonic() + 30
+    while saved.path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not saved.path.exists()
+
+
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus", "aac", "pcm"])
 def test_saved_output_decodes_back(service: TTSService, fmt: str) -> None:
     result = service.synthesize("Format check.", params=GenerationParams(max_audio_seconds=0.6, seed=5))
