@@ -1108,6 +1108,7 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     service = TTSService(settings)
     service.manager.start_monitor()
+    service.start_output_cleanup()
 
     def stop(signum: int, _frame: object) -> None:
         # SystemExit unwinds gradio's wait loop, so the finally below releases every model.

@@ -250,6 +250,7 @@ class Launcher:
         manager = get_gpu_manager(self.settings)
         self.service = TTSService(self.settings, manager=manager)
         manager.start_monitor()
+        self.service.start_output_cleanup()  # OUTPUT_TTL_HOURS, for outputs of every front end
         logger.info("service ready on %s (models load on first use)", manager.device)
         # REST and MCP first (threads), the UI last: Gradio's launch returns once its server runs.
         for name in sorted(self.only, key=("api", "mcp", "ui").index):
