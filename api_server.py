@@ -40,10 +40,11 @@ from api_common import (
     synthesis_headers,
 )
 from llasa import __version__
-from llasa.audio import AUDIO_FORMATS, encode_audio
+from llasa.audio import AUDIO_FORMATS, encode_audio, validate_output
 from llasa.config import Settings
 from llasa.errors import Busy, InvalidInput, TTSError, Unauthorized
 from llasa.outputs import FORMAT_EXTENSIONS
+from llasa.types import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -624,6 +625,8 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
         as_json = _response_mode(request.args.get("response")) == "json"
         fmt = _audio_format(fields.get("format"))
         sample_rate = parse_sample_rate(fields.get("sample_rate"))
+        # The format/rate pair is checked before any GPU work: a 400 now, not after a synthesis (or a failed job).
+        validate_output(fmt, sample_rate or SAMPLE_RATE)
         kwargs = _tts_arguments(ctx, fields, files)
         if is_async:
             # A bad request must get its 4xx now, not become a failed job.

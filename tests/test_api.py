@@ -397,6 +397,24 @@ def test_async_job_bad_input_is_refused_at_once(api: Api) -> None:
     assert_error(garbage, 415, "unsupported_audio")
 
 
+def test_format_and_rate_pair_is_refused_before_synthesis(api: Api) -> None:
+    def syntheses() -> float:
+        return sum(metric_value(api, "llasa_syntheses_total", endpoint=e) for e in ("tts", "tts_job"))
+
+    before = syntheses()
+    jobs_before = metric_value(api, "llasa_jobs")
+    body = {"text": "Opus cannot do 44.1 kHz.", "format": "opus", "sample_rate": 44100, **QUICK}
+    for query in ("", "?response=json", "?async=true"):
+        error = assert_error(api.post("/api/tts" + query, json=body), 400, field="sample_rate")
+        assert "48000" in error["message"]
+    multipart = {k: str(v) for k, v in body.items()}
+    assert_error(api.post("/api/tts?async=true", data=multipart), 400, field="sample_rate")
+    # Nothing was synthesised, and no job was accepted.
+    assert syntheses() == before
+    assert metric_value(api, "llasa_jobs") == jobs_before
+    assert api.post("/api/tts", json={**body, "sample_rate": 48000}).status_code == 200
+
+
 def test_async_jobs_cancel_running_and_queued(api: Api) -> None:
     long_text = " ".join(f"Sentence number {i} is here." for i in range(40))
     assert len(long_text) <= MAX_TEXT_CHARS
