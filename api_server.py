@@ -760,7 +760,10 @@ def create_app(service: Any, settings: Settings) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     ctx = ApiContext(service, settings)
     app.extensions["llasa_api"] = ctx
-    CORS(app, expose_headers=EXPOSED_HEADERS)
+    origins = settings.cors_origin_list
+    if origins:
+        # Opt-in (CORS_ORIGINS): with none configured browsers on other origins get no CORS headers at all.
+        CORS(app, origins="*" if "*" in origins else origins, expose_headers=EXPOSED_HEADERS)
     _register_error_handlers(app, ctx)
     _register_hooks(app, ctx)
     _register_core_routes(app, ctx)

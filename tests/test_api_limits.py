@@ -285,3 +285,48 @@ def test_disconnect_cancels_a_plain_synthesis(served: Served) -> None:
         "the abandoned synthesis to be cancelled",
     )
     wait_for(lambda: served.service.gpu_status()["queue"]["busy"] is False, "the GPU slot to be released")
+
+
+# --- CORS (opt-in with CORS_ORIGINS) ------------------------------------------------------------------------------
+
+
+def cors_preflight(url: str, origin: str) -> requests.Response:
+    return requests.options(
+        url + "/v1/audio/speech",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+        timeout=TIMEOUT_S,
+    )
+
+
+def test_cors_allows_only_the_configured_origins(make_settings: Callable[..., Settings]) -> None:
+    served = Served(make_settings(cors_origins="https://a.example, https://b.example", host="127.0.0.1"))
+    try:
+        allowed = cors_preflight(served.url, "https://a.example")
+        assert allowed.status_code == 200
+        assert allowed.headers["Access-Control-Allow-Origin"] == "https://a.example"
+        assert "authorization" in allowed.headers["Access-Control-Allow-Headers"].lower()
+        refused = cors_preflight(served.url, "https://evil.example")
+        assert "Access-Control-Allow-Origin" not in refused.headers
+        response = requests.get(served.url + "/v1/models", headers={"Origin": "https://b.example"}, timeout=TIMEOUT_S)
+        assert response.headers["Access-Control-Allow-Origin"] == "https://b.example"
+        assert "X-Audio-Duration-S" in response.headers["Access-Control-Expose-Headers"]
+        other = requests.get(served.url + "/v1/models", headers={"Origin": "https://evil.example"}, timeout=TIMEOUT_S)
+        assert other.status_code == 200
+        assert "Access-Control-Allow-Origin" not in other.headers
+    finally:
+        served.close()
+
+
+def test_cors_star_allows_any_origin(make_settings: Callable[..., Settings]) -> None:
+    served = Served(make_settings(cors_origins="*", host="127.0.0.1"))
+    try:
+        preflight = cors_preflight(served.url, "https://anywhere.example")
+        assert preflight.headers["Access-Control-Allow-Origin"] in ("*", "https://anywhere.example")
+        response = requests.get(served.url + "/v1/models", headers={"Origin": "https://x.example"}, timeout=TIMEOUT_S)
+        assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://x.example")
+    finally:
+        served.close()
