@@ -23,13 +23,15 @@ Rules (DESIGN.md section 3, issue 3):
 - After the last lease: with GPU_OFFLOAD_AFTER_USE (or GPU_IDLE_TIMEOUT=0) the model goes to CPU RAM at once,
   except inside a `gpu_slot()` job, where it stays until the job ends (the codec encodes, then decodes, without
   bouncing) and also stays when the next job is already waiting; otherwise after GPU_IDLE_TIMEOUT s idle. A model
-  idle in CPU RAM for MODEL_EVICT_TIMEOUT s is released. 0 = at once, -1 = never.
+  idle in CPU RAM for MODEL_EVICT_TIMEOUT s is released. 0 = at once, -1 = never. Neither timer touches a model
+  the running `gpu_slot()` job has used: they apply again once that job ends.
 - The idle monitor decides and marks a move in one critical section under the state lock; `use()` waits while a
   move is in progress and then reloads. So a model can never be revived while it is being evicted (the race of
   Ollama's scheduler): a request either keeps the model from being picked, or waits for the eviction to finish.
 - Before a load or reload on CUDA: free VRAM (NVML, else torch) minus GPU_MEMORY_HEADROOM_MB minus loads in
   flight must hold the model; idle models are offloaded, least recently used first, to make room; else
-  `ModelUnavailable` (503) with the numbers.
+  `ModelUnavailable` (503) with the numbers. A load or reload that still runs out of memory is retried once
+  after every idle model is offloaded and the caches are emptied; a second OOM is `ModelUnavailable`.
 - CUDA out-of-memory inside a lease: `run_with_oom_retry(name, fn)` frees the cache, offloads every idle model
   and calls `fn` once more; a second OOM becomes `ModelUnavailable`.
 """
@@ -531,6 +533,9 @@ class MultiModelGPUManager:
         self._idle_timeout_s = float(settings.gpu_idle_timeout)
         self._evict_timeout_s = float(settings.model_evict_timeout)
         self._job_active = False
+        # Models leased while the current gpu_slot() job runs: their idle and evict timers wait for the job's end,
+        # so one request that uses a model twice (the codec: encode, then decode) never bounces it in between.
+        self._job_models: set[str] = set()
         self._closed = False
 
         self._slot_lock = threading.Lock()
@@ -628,6 +633,8 @@ class MultiModelGPUManager:
                         self._changed.wait()
                     if entry.state is ModelState.GPU:
                         entry.leases += 1
+                        if self._job_active:
+                            self._job_models.add(name)
                         entry.last_used_s = self._clock()
                         entry.last_used_wall_s = time.time()
                         assert entry.model is not None
@@ -699,31 +706,68 @@ class MultiModelGPUManager:
     # ---------------------------------------------------------------------------------------------- moves
 
     def _load_or_reload(self, entry: _Entry, kind: str, previous: ModelState) -> None:
-        """Run a load or reload marked in the table; always clears the mark (the next use() retries)."""
+        """Run a load or reload marked in the table; always clears the mark (the next use() retries).
+
+        An out-of-memory error from the loader or the reload is retried once, after every idle model was moved
+        to CPU RAM and the caches emptied; a second one becomes ModelUnavailable.
+        """
         name = entry.name
         source = "disk" if kind == "load" else "cpu"
         started = time.perf_counter()
         model: ManagedModel | None = entry.model
-        try:
-            with self._lock:
-                need = entry.size_bytes or entry.estimated_bytes
-            if self._admission and need:
-                self._admit(entry, need)
-            if kind == "load":
-                model = entry.loader(self.device)
-                size = int(model.size_bytes())
-            else:
-                assert model is not None
-                model.move_to(self.device)
-                size = entry.size_bytes or int(model.size_bytes())
-        except BaseException as exc:
-            self._fail_load(entry, kind, previous, model, exc, time.perf_counter() - started)
-            if isinstance(exc, TTSError) or not isinstance(exc, Exception):
+        need: int | None = None
+        offloaded: list[str] = []
+        for attempt in (1, 2):
+            try:
+                with self._lock:
+                    need = entry.size_bytes or entry.estimated_bytes
+                if self._admission and need:
+                    self._admit(entry, need)
+                if kind == "load":
+                    model = entry.loader(self.device)
+                    size = int(model.size_bytes())
+                else:
+                    assert model is not None
+                    model.move_to(self.device)
+                    size = entry.size_bytes or int(model.size_bytes())
+                break
+            except BaseException as exc:
+                out_of_memory = is_out_of_memory(exc)
+                if out_of_memory:
+                    self._note_oom(name, exc)
+                if attempt == 2 or not out_of_memory:
+                    self._fail_load(entry, kind, previous, model, exc, time.perf_counter() - started)
+                    if out_of_memory:
+                        raise ModelUnavailable(
+                            f"{name} ran out of memory on {self.device} while being {_PAST[kind]} "
+                            f"({format_bytes(need)}), twice, even after moving the idle models to CPU RAM "
+                            f"(offloaded: {', '.join(offloaded) or 'none'}). Retry when the running requests "
+                            "finish, or free GPU memory used by other programs"
+                        ) from exc
+                    if isinstance(exc, TTSError) or not isinstance(exc, Exception):
+                        raise
+                    raise ModelUnavailable(
+                        f"{name} could not be {_PAST[kind]} on {self.device}: {exc}. "
+                        "The next request will try again; check the model path and the logs"
+                    ) from exc
+                logger.warning(
+                    "%s ran out of memory while being %s on %s (%s); freeing memory and retrying once",
+                    name,
+                    _PAST[kind],
+                    self.device,
+                    exc,
+                )
+            # Recover outside the except block: the exception's traceback holds the loader's frames and so any
+            # tensors it had made; only once it is gone can their memory really be returned.
+            model = self._undo_partial_load(entry, kind, previous, model, time.perf_counter() - started)
+            try:
+                offloaded = self._offload_idle(exclude=name)
+                free_memory(collect_garbage=self._collect_garbage)
+            except BaseException as exc:
+                # Never leave the load mark behind: every use() of this model would wait for it forever.
+                self._fail_load(entry, kind, previous, model, exc, time.perf_counter() - started)
                 raise
-            raise ModelUnavailable(
-                f"{name} could not be {_PAST[kind]} on {self.device}: {exc}. "
-                "The next request will try again; check the model path and the logs"
-            ) from exc
+            logger.info("%s: offloaded %s after running out of memory", name, ", ".join(offloaded) or "nothing")
         duration_s = time.perf_counter() - started
         with self._changed:
             entry.model = model
@@ -747,6 +791,26 @@ class MultiModelGPUManager:
             format_bytes(size),
             _lease_word(leases),
         )
+
+    def _undo_partial_load(
+        self, entry: _Entry, kind: str, previous: ModelState, model: ManagedModel | None, duration_s: float
+    ) -> ManagedModel | None:
+        """Before a retry: drop what a failed load returned, or move a half-reloaded model back to CPU RAM."""
+        if kind == "load":
+            if model is not None:
+                with contextlib.suppress(Exception):
+                    model.close()
+            return None
+        assert model is not None
+        try:
+            model.move_to("cpu")
+        except Exception as exc:
+            self._fail_load(entry, kind, previous, model, exc, duration_s)
+            raise ModelUnavailable(
+                f"{entry.name} ran out of memory on {self.device} while being reloaded and could not be moved "
+                f"back to CPU RAM ({exc}); the next request tries again. Free GPU memory used by other programs"
+            ) from exc
+        return model
 
     def _fail_load(
         self,
@@ -850,8 +914,12 @@ class MultiModelGPUManager:
             if self._offload_immediately_locked():
                 if not self._job_active:
                     action = "offload"
+            elif entry.name in self._job_models:
+                pass  # the running job used it and may use it again: its idle timer waits for the job's end
             elif self._idle_timeout_s >= 0 and now - (entry.last_used_s or now) >= self._idle_timeout_s:
                 action = "offload"
+        elif entry.name in self._job_models:
+            pass  # in RAM but used by the running job (moved out to make room): not released mid-job
         elif entry.state is ModelState.CPU and self._evict_timeout_s >= 0:
             since = entry.on_cpu_since_s if entry.on_cpu_since_s is not None else now
             if now - since >= self._evict_timeout_s:
@@ -1111,26 +1179,33 @@ class MultiModelGPUManager:
             return
         if waiter is not None:
             try:
-                waiter.granted.wait(wait_s)
-            finally:
-                # Decide under the lock: the slot may be handed over between the wait's end and here.
+                granted = waiter.granted.wait(wait_s)
+            except BaseException:
+                # Only an exception raised by the wait itself (KeyboardInterrupt, SystemExit) lands here, never
+                # one the caller was already handling when it entered. Decide under the lock: the slot may have
+                # been handed to this waiter between the interruption and here.
                 with self._slot_lock:
-                    timed_out = not waiter.granted.is_set()
-                    if timed_out:
+                    granted = waiter.granted.is_set()
+                    if not granted:
                         self._slot_waiters.remove(waiter)
-                        ahead = len(self._slot_waiters)
-                if not timed_out and sys.exc_info()[0] is not None:
+                if granted:
                     self._end_job()  # interrupted just as the slot arrived: pass it on
-            if timed_out:
+                raise
+            if not granted:
+                # Timed out, but the slot may be handed over just now: the flag under the lock is the truth.
                 with self._slot_lock:
-                    retry_after_s = self._retry_after_locked(ahead + 1)
+                    granted = waiter.granted.is_set()
+                    if not granted:
+                        self._slot_waiters.remove(waiter)
+                        retry_after_s = self._retry_after_locked(len(self._slot_waiters) + 1)
+            if not granted:
                 raise Busy(
                     f"the GPU stayed busy for {wait_s:g} s (GPU_WAIT_TIMEOUT) with another request; retry later",
                     retry_after_s=retry_after_s,
                 )
-        with self._lock:
-            self._job_active = True
         try:
+            with self._lock:
+                self._job_active = True
             yield
         finally:
             self._end_job()
@@ -1147,6 +1222,7 @@ class MultiModelGPUManager:
             next_waiting = bool(self._slot_waiters)
         with self._lock:
             self._job_active = False
+            self._job_models.clear()
         if not next_waiting:
             # Nobody waits: apply offload-after-use to the models this job kept on the device. A waiting job
             # finds them still there (and settles them when it ends). Timed releases of models already in RAM

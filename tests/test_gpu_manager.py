@@ -315,6 +315,50 @@ def test_gpu_slot_job_keeps_a_model_between_two_uses() -> None:
     assert (row["state"], row["loads"], row["reloads"], row["offloads"]) == ("cpu", 1, 0, 1)
 
 
+def test_gpu_slot_job_keeps_a_model_between_two_uses_despite_the_idle_timeout() -> None:
+    """Issue 3: the codec waits out a slow Llasa load between encode and decode without bouncing CPU<->GPU."""
+    clock = FakeClock()
+    manager = make_manager(clock, gpu_offload_after_use=False, gpu_idle_timeout=5, model_evict_timeout=-1)
+    manager.register_model("codec", CountingLoader("codec"))
+    manager.register_model("whisper", CountingLoader("whisper"))
+    with manager.use("whisper"):  # used before the job, not by it
+        pass
+    with manager.gpu_slot():
+        with manager.use("codec"):  # encode the reference
+            pass
+        clock.advance(6)  # Llasa takes seconds to load
+        # The idle timer still applies to a model the job did not use, never to one it did.
+        assert manager.run_monitor_once() == [("whisper", "offload")]
+        assert state(manager, "codec") == "gpu"
+        with manager.use("codec"):  # decode the result
+            pass
+    row = manager.status()["models"]["codec"]
+    assert (row["state"], row["loads"], row["reloads"], row["offloads"]) == ("gpu", 1, 0, 0)
+    # After the job the normal timer applies again, counted from the last use.
+    clock.advance(4.9)
+    assert manager.run_monitor_once() == []
+    clock.advance(0.1)
+    assert manager.run_monitor_once() == [("codec", "offload")]
+
+
+def test_gpu_slot_job_keeps_a_model_it_used_in_ram_despite_the_evict_timeout() -> None:
+    """A job's model moved to RAM mid-job (to make room) is reloaded for its second use, not loaded again."""
+    clock = FakeClock()
+    manager = make_manager(clock, gpu_offload_after_use=False, gpu_idle_timeout=-1, model_evict_timeout=5)
+    loader = CountingLoader("codec")
+    manager.register_model("codec", loader)
+    with manager.gpu_slot():
+        with manager.use("codec"):
+            pass
+        assert manager.offload("codec") == {"action": "offload", "models": {"codec": "offloaded"}}
+        clock.advance(6)
+        assert manager.run_monitor_once() == []
+        with manager.use("codec"):
+            pass
+    row = manager.status()["models"]["codec"]
+    assert (row["loads"], row["reloads"], row["releases"], loader.calls) == (1, 1, 0, 1)
+
+
 def test_job_end_offloads_but_leaves_timed_releases_to_the_monitor() -> None:
     clock = FakeClock()
     manager = make_manager(clock, model_evict_timeout=10)
@@ -525,6 +569,106 @@ def test_second_oom_becomes_model_unavailable() -> None:
     assert attempts == 2
     row = manager.status()["models"]["llasa"]
     assert (row["oom_errors"], row["leases"]) == (2, 0)
+
+
+def test_oom_in_loader_frees_idle_models_and_loads_again_once() -> None:
+    manager = make_manager(gpu_offload_after_use=False, gpu_idle_timeout=-1, model_evict_timeout=-1)
+    loader = CountingLoader("llasa")
+    manager.register_model("llasa", loader)
+    manager.register_model("codec", CountingLoader("codec"))
+    with manager.use("codec"):
+        pass
+    codec_at_load: list[str] = []
+
+    def load_llasa(device: str) -> ManagedModel:
+        codec_at_load.append(state(manager, "codec"))
+        return loader(device)
+
+    manager._entries["llasa"].loader = load_llasa  # record what was resident at each try
+    loader.fail_with.append(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 16.00 GiB"))
+    with manager.use("llasa") as model:
+        assert model.forward().shape == (1, 4)
+    assert codec_at_load == ["gpu", "cpu"]  # the idle codec was moved out before the second try
+    rows = manager.status()["models"]
+    llasa = rows["llasa"]
+    assert (llasa["state"], llasa["loads"], llasa["load_failures"], llasa["oom_errors"]) == ("gpu", 1, 0, 1)
+    assert (llasa["leases"], llasa["waiting"], llasa["moving"], loader.calls) == (0, 0, None, 2)
+    assert (rows["codec"]["state"], rows["codec"]["offloads"]) == ("cpu", 1)
+
+
+def test_oom_in_reload_frees_idle_models_and_reloads_again_once() -> None:
+    manager = make_manager(gpu_offload_after_use=False, gpu_idle_timeout=-1, model_evict_timeout=-1)
+    manager.register_model("llasa", CountingLoader("llasa"))
+    manager.register_model("codec", CountingLoader("codec"))
+    with manager.use("llasa") as llasa:
+        pass
+    manager.offload("llasa")
+    with manager.use("codec"):
+        pass
+    # CTranslate2 (faster-whisper) reports it as a RuntimeError with this text.
+    llasa.fail_next_move = RuntimeError("CUDA failed with error out of memory")
+    with manager.use("llasa") as again:
+        assert again is llasa
+        assert again.forward().shape == (1, 4)
+    assert llasa.moves == ["cpu", "cpu", "cpu", "cpu"]  # offload, failed reload, back to RAM, reload (no-ops here)
+    rows = manager.status()["models"]
+    row = rows["llasa"]
+    assert (row["state"], row["reloads"], row["load_failures"], row["oom_errors"]) == ("gpu", 1, 0, 1)
+    assert (rows["codec"]["state"], rows["codec"]["offloads"]) == ("cpu", 1)
+
+
+def test_oom_in_reload_that_cannot_go_back_to_ram_releases_the_model() -> None:
+    manager = make_manager()
+    loader = CountingLoader("llasa")
+    manager.register_model("llasa", loader)
+    with manager.use("llasa") as llasa:
+        pass
+    assert state(manager, "llasa") == "cpu"
+    llasa.fail_next_move = torch.OutOfMemoryError("CUDA out of memory")
+    real_move = llasa.move_to
+    moves_to_ram_failing = 2  # the undo before the retry, then the failure path's own try
+
+    def move_to(device: str) -> None:
+        nonlocal moves_to_ram_failing
+        if llasa.fail_next_move is None and device == "cpu" and moves_to_ram_failing:
+            moves_to_ram_failing -= 1
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        real_move(device)
+
+    llasa.move_to = move_to  # type: ignore[method-assign]
+    with pytest.raises(ModelUnavailable, match="could not be moved back to CPU RAM") as info, manager.use("llasa"):
+        pass
+    assert isinstance(info.value.__cause__, RuntimeError)
+    row = manager.status()["models"]["llasa"]
+    assert (row["state"], row["load_failures"], row["oom_errors"], row["moving"]) == ("unloaded", 1, 1, None)
+    assert llasa.closed
+    with manager.use("llasa") as fresh:  # the next request loads it from disk
+        assert fresh is not llasa
+    assert loader.calls == 2
+
+
+def test_second_oom_in_loader_becomes_model_unavailable_with_what_to_do() -> None:
+    manager = make_manager(gpu_offload_after_use=False, gpu_idle_timeout=-1, model_evict_timeout=-1)
+    loader = CountingLoader("llasa")
+    manager.register_model("llasa", loader, estimated_bytes=16_100_000_000)
+    manager.register_model("codec", CountingLoader("codec"))
+    with manager.use("codec"):
+        pass
+    loader.fail_with += [torch.OutOfMemoryError("CUDA out of memory"), torch.OutOfMemoryError("CUDA out of memory")]
+    with pytest.raises(ModelUnavailable) as info, manager.use("llasa"):
+        pass
+    message = info.value.message
+    assert "llasa ran out of memory on cpu while being loaded (16.1 GB), twice" in message
+    assert "offloaded: codec" in message
+    assert "Retry when the running requests finish, or free GPU memory used by other programs" in message
+    assert info.value.status_code == 503
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    row = manager.status()["models"]["llasa"]
+    assert (row["state"], row["load_failures"], row["oom_errors"], loader.calls) == ("unloaded", 1, 2, 2)
+    assert (row["leases"], row["waiting"], row["moving"]) == (0, 0, None)
+    with manager.use("llasa") as model:  # the next request tries again
+        assert model.forward().shape == (1, 4)
+    assert loader.calls == 3
 
 
 def test_ctranslate2_style_oom_is_recognised_and_other_errors_are_not_retried() -> None:

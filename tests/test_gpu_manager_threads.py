@@ -9,11 +9,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
 import torch
 
+import gpu_manager
 from gpu_manager import ManagedModel, MultiModelGPUManager, PinnedWeights
 from llasa.config import Settings
 from llasa.errors import Busy, ModelUnavailable, QueueFull
@@ -357,6 +359,110 @@ def test_max_queue_zero_refuses_any_wait() -> None:
     finally:
         leave.set()
         holder.finish()
+
+
+def test_gpu_slot_entered_while_handling_an_exception_keeps_the_slot_until_the_job_ends() -> None:
+    """A request that queues for the slot from inside an `except` block is not mistaken for an interrupted wait.
+
+    The exception it is handling must not make the slot look abandoned: the next waiter stays queued until this
+    job really ends, and the job is ended exactly once.
+    """
+    manager = make_manager(max_queue=4, gpu_wait_timeout=JOIN_TIMEOUT_S)
+    job_ends = 0
+    real_end_job = manager._end_job
+
+    def counting_end_job() -> None:
+        nonlocal job_ends
+        job_ends += 1
+        real_end_job()
+
+    manager._end_job = counting_end_job  # type: ignore[method-assign]  # a spy: the real method still runs
+    entered, leave = threading.Event(), threading.Event()
+    holder = hold_slot(manager, entered, leave)
+    in_job, leave_job = threading.Event(), threading.Event()
+    order: list[str] = []
+    seen_in_job: dict[str, Any] = {}
+
+    def fallback_job() -> None:
+        try:
+            raise ValueError("the first attempt failed")
+        except ValueError:
+            with manager.gpu_slot():  # e.g. a fallback that needs the GPU, run while handling the error
+                order.append("fallback start")
+                in_job.set()
+                leave_job.wait(JOIN_TIMEOUT_S)
+                order.append("fallback end")
+
+    def next_job() -> None:
+        with manager.gpu_slot():
+            order.append("next")
+
+    fallback = Worker(fallback_job, name="fallback")
+    fallback.start()
+    wait_until(lambda: manager.queue_depth == 1, what="the fallback job to queue")
+    following = Worker(next_job, name="next")
+    following.start()
+    wait_until(lambda: manager.queue_depth == 2, what="the next job to queue")
+
+    leave.set()
+    holder.finish()
+    assert in_job.wait(JOIN_TIMEOUT_S)
+    seen_in_job.update(queue=manager.status()["queue"], ends=job_ends, order=list(order))
+    leave_job.set()
+    fallback.finish()
+    following.finish()
+
+    # During the fallback job the slot was its own: busy, the next job still queued, no extra job end.
+    assert seen_in_job == {
+        "queue": {"busy": True, "depth": 1, "max_queue": 4},
+        "ends": 1,  # the holder's
+        "order": ["fallback start"],
+    }
+    assert order == ["fallback start", "fallback end", "next"]
+    assert job_ends == 3  # holder, fallback, next: one each
+    assert manager.status()["queue"] == {"busy": False, "depth": 0, "max_queue": 4}
+
+
+class InterruptedEvent(threading.Event):
+    """A slot waiter's event whose wait is interrupted (as by Ctrl-C): at once, or just after the slot arrives."""
+
+    after_grant = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.after_grant:
+            super().wait(timeout)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("after_grant", [False, True], ids=["while-queued", "as-the-slot-arrives"])
+def test_gpu_slot_wait_interrupted_leaves_the_queue_or_passes_the_slot_on(
+    monkeypatch: pytest.MonkeyPatch, after_grant: bool
+) -> None:
+    manager = make_manager(max_queue=4, gpu_wait_timeout=JOIN_TIMEOUT_S)
+    entered, leave = threading.Event(), threading.Event()
+    holder = hold_slot(manager, entered, leave)
+    monkeypatch.setattr(InterruptedEvent, "after_grant", after_grant)
+    monkeypatch.setattr(gpu_manager, "_SlotWaiter", partial(gpu_manager._SlotWaiter, granted=InterruptedEvent()))
+
+    def interrupted_job() -> None:
+        with manager.gpu_slot():
+            raise AssertionError("an interrupted wait must not run the job")
+
+    interrupted = Worker(interrupted_job, name="interrupted")
+    interrupted.start()
+    if after_grant:
+        wait_until(lambda: manager.queue_depth == 1, what="the interrupted job to queue")
+        leave.set()  # the slot goes to the waiter, whose wait is interrupted right then
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.finish()
+    if not after_grant:
+        assert manager.status()["queue"] == {"busy": True, "depth": 0, "max_queue": 4}  # it left the queue
+        leave.set()
+    holder.finish()
+    assert manager.status()["queue"] == {"busy": False, "depth": 0, "max_queue": 4}
+    monkeypatch.undo()
+    with manager.gpu_slot(timeout_s=1):  # the slot is free: nobody holds it for the interrupted request
+        pass
 
 
 def test_models_stay_on_device_while_the_next_job_waits() -> None:
