@@ -594,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     start_monitor = getattr(service.manager, "start_monitor", None)
     if callable(start_monitor):
         start_monitor()
+    # This process saves outputs of its own, so it also deletes them after OUTPUT_TTL_HOURS (until shutdown()).
+    service.start_output_cleanup()
     try:
         mcp = create_mcp(service, settings)
         if args.stdio:

@@ -537,9 +537,18 @@ def test_upload_limit_applies_to_paths_and_base64(service: TTSService, settings:
 
 
 def test_api_key_is_required_over_http(make_settings: Any, tmp_path: Path) -> None:
-    """`python mcp_server.py` as deployed: HTTP on MCP_PORT, bearer token required when API_KEY is set."""
+    """`python mcp_server.py` as deployed: HTTP on MCP_PORT, bearer token required when API_KEY is set, and
+    outputs older than OUTPUT_TTL_HOURS deleted by the process's own cleanup thread."""
     port = free_port()
-    env = settings_env(make_settings(api_key="s3cret-key", mcp_port=port, host="127.0.0.1"))
+    served = make_settings(api_key="s3cret-key", mcp_port=port, host="127.0.0.1")
+    env = settings_env(served)
+    outputs = Path(served.output_dir)
+    outputs.mkdir(parents=True, exist_ok=True)
+    expired, fresh = outputs / f"{'a' * 32}.wav", outputs / f"{'b' * 32}.wav"
+    for path in (expired, fresh):
+        path.write_bytes(b"RIFF")
+    two_days_ago = time.time() - 2 * 24 * 3600  # the default TTL is 24 h
+    os.utime(expired, (two_days_ago, two_days_ago))
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, str(REPO / "mcp_server.py")], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log
@@ -566,6 +575,10 @@ def test_api_key_is_required_over_http(make_settings: Any, tmp_path: Path) -> No
             with pytest.raises(McpError):
                 run(attempt(wrong))
         assert set(run(attempt("s3cret-key"))) == TOOLS
+        while expired.exists():
+            assert time.monotonic() < deadline, "mcp_server.py did not delete an expired output"
+            time.sleep(0.1)
+        assert fresh.exists()
     finally:
         process.terminate()
         process.wait(timeout=30)
