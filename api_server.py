@@ -749,7 +749,7 @@ def _response_mode(value: str | None) -> str:
 
 def create_app(service: Any, settings: Settings) -> Flask:
     """Build the REST app around one TTSService. Starts no thread: the job worker starts with the first job,
-    and `serve()` runs the output cleanup timer."""
+    and `serve()` / `RunningServer.start()` start the output cleanup."""
     from api_openai import register_openai_routes
 
     app = Flask(__name__)
@@ -794,13 +794,16 @@ def create_app(service: Any, settings: Settings) -> Flask:
 
 
 class _Janitor:
-    """Deletes expired outputs (and forgets their jobs) every `interval_s`, on a daemon thread."""
+    """Forgets jobs whose output has expired every `interval_s`, on a daemon thread.
+
+    The files themselves are the service's to delete (`TTSService.start_output_cleanup`, stopped by its
+    shutdown()); this only drops the job records that point at them."""
 
     def __init__(self, ctx: ApiContext, interval_s: float) -> None:
         self.ctx = ctx
         self.interval_s = interval_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="api-output-cleanup", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="api-job-expiry", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -810,12 +813,11 @@ class _Janitor:
 
     def run_once(self) -> None:
         try:
-            removed = self.ctx.service.cleanup_outputs()
             forgotten = self.ctx.jobs.expire()
-            if removed or forgotten:
-                logger.info("cleanup: %d outputs deleted, %d jobs forgotten", removed, forgotten)
+            if forgotten:
+                logger.info("%d expired jobs forgotten", forgotten)
         except Exception:
-            logger.exception("output cleanup failed; retrying in %.0f s", self.interval_s)
+            logger.exception("job expiry failed; retrying in %.0f s", self.interval_s)
 
     def _loop(self) -> None:
         self.run_once()
@@ -854,11 +856,24 @@ def _cleanup_interval_s(settings: Settings) -> float:
     return min(3600.0, max(60.0, settings.output_ttl_hours * 3600 / 4))
 
 
-def serve(app: Flask, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """Serve `app` with waitress in this thread until interrupted; runs the output cleanup timer meanwhile."""
+def serve(
+    app: Flask,
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    cleanup_interval_s: float | None = None,
+) -> None:
+    """Serve `app` with waitress in this thread until interrupted.
+
+    Starts the service's output cleanup (expired files deleted every `cleanup_interval_s`, default from
+    OUTPUT_TTL_HOURS; stopped by `service.shutdown()`) and forgets the jobs of expired outputs meanwhile.
+    """
     ctx: ApiContext = app.extensions["llasa_api"]
     server = make_server(app, settings, host=host, port=port)
-    janitor = _Janitor(ctx, interval_s=_cleanup_interval_s(settings))
+    interval_s = cleanup_interval_s or _cleanup_interval_s(settings)
+    ctx.service.start_output_cleanup(interval_s)
+    janitor = _Janitor(ctx, interval_s=interval_s)
     janitor.start()
     logger.info(
         "REST API on http://%s:%s (Swagger UI at /apidocs, %d threads)",
@@ -880,10 +895,19 @@ class RunningServer:
 
     `RunningServer(app, settings, host="127.0.0.1", port=0).start()` binds a free port; `.url` is where it
     listens; `.stop()` closes the listener and every open connection, cancels unfinished jobs and stops the
-    cleanup timer.
+    job expiry timer. `start()` also starts the service's output cleanup (every `cleanup_interval_s`, default
+    from OUTPUT_TTL_HOURS), which runs until `service.shutdown()`.
     """
 
-    def __init__(self, app: Flask, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        cleanup_interval_s: float | None = None,
+    ) -> None:
         self.ctx: ApiContext = app.extensions["llasa_api"]
         self._map: dict[int, Any] = {}
         self.server = make_server(app, settings, host=host, port=port, socket_map=self._map)
@@ -891,10 +915,12 @@ class RunningServer:
         shown = str(self.server.effective_host)
         shown = "127.0.0.1" if shown in ("0.0.0.0", "::", "") else shown
         self.url = f"http://{shown}:{self.port}"
-        self._janitor = _Janitor(self.ctx, interval_s=_cleanup_interval_s(settings))
+        self.cleanup_interval_s = cleanup_interval_s or _cleanup_interval_s(settings)
+        self._janitor = _Janitor(self.ctx, interval_s=self.cleanup_interval_s)
         self.thread = threading.Thread(target=self.server.run, name="api-server", daemon=True)
 
     def start(self) -> RunningServer:
+        self.ctx.service.start_output_cleanup(self.cleanup_interval_s)
         self._janitor.start()
         self.thread.start()
         logger.info("REST API on %s (Swagger UI at /apidocs)", self.url)
@@ -909,7 +935,8 @@ class RunningServer:
         self._in_loop(lambda: wasyncore.dispatcher.close(self.server))
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Close every connection, stop the worker threads, cancel unfinished jobs, stop the cleanup timer."""
+        """Close every connection, stop the worker threads, cancel unfinished jobs, stop the job expiry timer
+        (the output cleanup is the service's and stops with `service.shutdown()`)."""
         self.ctx.shutting_down = True
         self._janitor.stop()
         self.ctx.jobs.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -46,13 +47,21 @@ def settings_for(tiny_models: Path, root: Path, **overrides: Any) -> Settings:
 class Served:
     """A real TTSService behind a real waitress server on a free port."""
 
-    def __init__(self, settings: Settings, *, extra_routes: Callable[[Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        extra_routes: Callable[[Any], None] | None = None,
+        cleanup_interval_s: float | None = None,
+    ) -> None:
         self.settings = settings
         self.service = TTSService(settings)
         self.app = create_app(self.service, settings)
         if extra_routes is not None:
             extra_routes(self.app)
-        self.server = RunningServer(self.app, settings, host="127.0.0.1", port=0).start()
+        self.server = RunningServer(
+            self.app, settings, host="127.0.0.1", port=0, cleanup_interval_s=cleanup_interval_s
+        ).start()
         self.url = self.server.url
 
     def close(self) -> None:
@@ -328,5 +337,39 @@ def test_cors_star_allows_any_origin(make_settings: Callable[..., Settings]) -> 
         assert preflight.headers["Access-Control-Allow-Origin"] in ("*", "https://anywhere.example")
         response = requests.get(served.url + "/v1/models", headers={"Origin": "https://x.example"}, timeout=TIMEOUT_S)
         assert response.headers["Access-Control-Allow-Origin"] in ("*", "https://x.example")
+    finally:
+        served.close()
+
+
+# --- output expiry --------------------------------------------------------------------------------------------------
+
+
+def test_expired_outputs_are_deleted_and_their_jobs_forgotten(make_settings: Callable[..., Settings]) -> None:
+    served = Served(make_settings(host="127.0.0.1", max_audio_seconds=0.3), cleanup_interval_s=0.1)
+    try:
+        submitted = requests.post(
+            served.url + "/api/tts?async=true", json={"text": "Soon gone.", "seed": 3}, timeout=TIMEOUT_S
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+
+        def finished() -> dict | None:
+            job = requests.get(served.url + f"/api/jobs/{job_id}", timeout=TIMEOUT_S).json()
+            return job if job["state"] in ("done", "failed", "cancelled") else None
+
+        job = wait_for(finished, "the job to finish")
+        assert job["state"] == "done", job
+        path = served.service.output_path(job["output"]["id"])
+        keeper = served.settings.output_dir / ("f" * 32 + ".wav")  # a fresh output must survive the cleanup
+        keeper.write_bytes(path.read_bytes())
+        assert served.metric("llasa_jobs", state="done") == 1
+        # Age the file past OUTPUT_TTL_HOURS: the service's cleanup thread deletes it within an interval...
+        old = time.time() - served.settings.output_ttl_hours * 3600 - 60
+        os.utime(path, (old, old))
+        wait_for(lambda: not path.exists(), "the expired output to be deleted")
+        # ...and the API's timer forgets its job (checked through /metrics, which does not expire jobs itself).
+        wait_for(lambda: served.metric("llasa_jobs", state="done") == 0, "the expired job to be forgotten")
+        check_error(requests.get(served.url + f"/api/jobs/{job_id}", timeout=TIMEOUT_S), 404, "not_found")
+        assert keeper.exists()
     finally:
         served.close()
