@@ -56,7 +56,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from llasa.config import Settings
-from llasa.errors import Busy, InvalidInput, ModelUnavailable, NotFound, QueueFull, TTSError
+from llasa.errors import Busy, Cancelled, InvalidInput, ModelUnavailable, NotFound, QueueFull, TTSError
 
 if TYPE_CHECKING:
     import torch
@@ -1143,12 +1143,14 @@ class MultiModelGPUManager:
     # ---------------------------------------------------------------------------------------------- GPU slot
 
     @contextlib.contextmanager
-    def gpu_slot(self, *, timeout_s: float | None = None) -> Iterator[None]:
+    def gpu_slot(self, *, timeout_s: float | None = None, cancel: threading.Event | None = None) -> Iterator[None]:
         """Hold the process's one GPU job slot for the block; waiters are served first come, first served.
 
         QueueFull (429) at once when MAX_QUEUE requests already wait; Busy (503) after waiting GPU_WAIT_TIMEOUT s
-        (or `timeout_s`). Re-entrant in the thread that holds it. Models used inside the job are not offloaded
-        after use until the job ends, and not at all when the next job is already waiting.
+        (or `timeout_s`); Cancelled as soon as `cancel` is set while waiting (a client that hung up leaves the
+        queue at once instead of holding a place and then doing work nobody reads). Re-entrant in the thread that
+        holds it. Models used inside the job are not offloaded after use until the job ends, and not at all when
+        the next job is already waiting.
         """
         me = threading.get_ident()
         wait_s = self.settings.gpu_wait_timeout if timeout_s is None else timeout_s
@@ -1179,7 +1181,7 @@ class MultiModelGPUManager:
             return
         if waiter is not None:
             try:
-                granted = waiter.granted.wait(wait_s)
+                granted = self._wait_for_slot(waiter, wait_s, cancel)
             except BaseException:
                 # Only an exception raised by the wait itself (KeyboardInterrupt, SystemExit) lands here, never
                 # one the caller was already handling when it entered. Decide under the lock: the slot may have
@@ -1198,7 +1200,12 @@ class MultiModelGPUManager:
                     if not granted:
                         self._slot_waiters.remove(waiter)
                         retry_after_s = self._retry_after_locked(len(self._slot_waiters) + 1)
+            if granted and cancel is not None and cancel.is_set():
+                self._end_job()  # the slot arrived as the caller gave up: pass it on
+                granted = False
             if not granted:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("the request was cancelled while it waited for the GPU")
                 raise Busy(
                     f"the GPU stayed busy for {wait_s:g} s (GPU_WAIT_TIMEOUT) with another request; retry later",
                     retry_after_s=retry_after_s,
@@ -1209,6 +1216,21 @@ class MultiModelGPUManager:
             yield
         finally:
             self._end_job()
+
+    @staticmethod
+    def _wait_for_slot(waiter: _SlotWaiter, wait_s: float, cancel: threading.Event | None) -> bool:
+        """Wait until the slot is handed to `waiter` (True), the wait times out or `cancel` is set (False)."""
+        if cancel is None:
+            return waiter.granted.wait(wait_s)
+        deadline = time.monotonic() + wait_s
+        while not cancel.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Short waits so a cancel is seen within 50 ms; the grant itself still wakes the wait at once.
+            if waiter.granted.wait(min(remaining, 0.05)):
+                return True
+        return False
 
     def _take_slot_locked(self, owner: int) -> None:
         self._slot_busy = True

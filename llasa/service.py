@@ -144,7 +144,7 @@ class TTSService:
         timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
         pieces: list[np.ndarray] = []
         num_codes = 0
-        with self.manager.gpu_slot():
+        with self.manager.gpu_slot(cancel=cancel):
             reference, chunks = self._prepare_run(plan, timings, progress)
             for chunk_audio, chunk_codes in self._run_chunks(plan, reference, chunks, timings, progress, cancel):
                 pieces.append(chunk_audio)
@@ -214,7 +214,7 @@ class TTSService:
     ) -> Iterator[AudioPiece]:
         timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
         joiner = StreamJoiner(self._crossfade_samples)
-        with self.manager.gpu_slot():
+        with self.manager.gpu_slot(cancel=cancel):
             reference, chunks = self._prepare_run(plan, timings, progress)
             # Closed inside the slot: an abandoned stream gives its leases back before the next job starts.
             with closing(self._run_chunks(plan, reference, chunks, timings, progress, cancel)) as runner:

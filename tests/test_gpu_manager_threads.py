@@ -18,7 +18,7 @@ import torch
 import gpu_manager
 from gpu_manager import ManagedModel, MultiModelGPUManager, PinnedWeights
 from llasa.config import Settings
-from llasa.errors import Busy, ModelUnavailable, QueueFull
+from llasa.errors import Busy, Cancelled, ModelUnavailable, QueueFull
 
 JOIN_TIMEOUT_S = 60.0
 
@@ -347,6 +347,41 @@ def test_gpu_slot_busy_after_wait_timeout() -> None:
     finally:
         leave.set()
         holder.finish()
+
+
+def test_cancelled_waiter_leaves_the_queue_at_once() -> None:
+    manager = make_manager(max_queue=1, gpu_wait_timeout=60)
+    entered, leave = threading.Event(), threading.Event()
+    holder = hold_slot(manager, entered, leave)
+    cancel = threading.Event()
+    outcome: list[BaseException] = []
+    ran = threading.Event()
+
+    def queued() -> None:
+        try:
+            with manager.gpu_slot(cancel=cancel):
+                ran.set()
+        except Cancelled as e:
+            outcome.append(e)
+
+    waiter = Worker(queued, name="hung-up-client")
+    waiter.start()
+    try:
+        wait_until(lambda: manager.queue_depth == 1, what="the waiter to queue")
+        # The queue is full: a live client is refused while the hung-up one holds the place.
+        with pytest.raises(QueueFull), manager.gpu_slot():
+            pass
+        cancel.set()
+        waiter.finish()
+        assert len(outcome) == 1
+        assert outcome[0].status_code == 499
+        assert not ran.is_set()
+        assert manager.queue_depth == 0
+    finally:
+        leave.set()
+        holder.finish()
+    with manager.gpu_slot(cancel=threading.Event()):  # the slot was not leaked
+        assert manager.status()["queue"]["busy"]
 
 
 def test_max_queue_zero_refuses_any_wait() -> None:

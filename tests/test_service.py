@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -204,6 +205,43 @@ def test_cancel_before_start(service: TTSService) -> None:
     cancel.set()
     with pytest.raises(Cancelled):
         service.synthesize("Never spoken.", params=SHORT, cancel=cancel)
+
+
+def test_cancel_while_queued_leaves_the_queue_without_model_work(service: TTSService) -> None:
+    holding, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with service.manager.gpu_slot():
+            holding.set()
+            leave.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(60)
+    cancel = threading.Event()
+    errors: list[Exception] = []
+
+    def client() -> None:
+        try:
+            service.synthesize("Never spoken either.", params=SHORT, cancel=cancel)
+        except Exception as e:
+            errors.append(e)
+
+    waiting = threading.Thread(target=client)
+    waiting.start()
+    try:
+        deadline = time.monotonic() + 60
+        while service.queue_depth != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert service.queue_depth == 1
+        cancel.set()
+        waiting.join(60)
+        assert len(errors) == 1
+        assert isinstance(errors[0], Cancelled)
+        assert service.queue_depth == 0
+    finally:
+        leave.set()
+        holder.join(60)
 
 
 def test_voice_library_through_the_service(service: TTSService, audio_dir: Path) -> None:
