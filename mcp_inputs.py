@@ -3,15 +3,20 @@
 An MCP client is often a language model acting for someone else, so a path it sends is untrusted: it is resolved
 (symlinks followed) and must land inside `settings.allowed_dirs`; `..` components are refused outright, before
 anything touches the disk. The file is read here, once, from its resolved location, and the bytes go to the
-service, so nothing later re-opens a path that could have been swapped for a link. Sizes are bounded by
-MAX_UPLOAD_MB for both kinds of input, before anything big is read or decoded.
+service, so nothing later re-opens a path that could have been swapped for a link; the open itself does not
+follow a final symlink and checks where the opened file really is, so a swap between the check and the open
+is refused too. Sizes are bounded by MAX_UPLOAD_MB for both kinds of input, before anything big is read or
+decoded.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import os
 import re
+import stat
 from pathlib import Path, PurePath
 from urllib.parse import unquote, urlsplit
 
@@ -116,9 +121,15 @@ def resolve_allowed_path(raw: str, *, allowed_dirs: list[Path], field: str = "pa
 
 
 def read_allowed_file(raw: str, *, allowed_dirs: list[Path], max_bytes: int, field: str = "path") -> bytes:
-    """Read a file that `resolve_allowed_path` accepts, refusing it if it is bigger than `max_bytes`."""
+    """Read a file that `resolve_allowed_path` accepts, refusing it if it is bigger than `max_bytes`.
+
+    The checked path is opened without following a final symlink, and the open file itself is checked again
+    (a regular file, still inside an allowed folder), so a file or folder swapped for a link between the check
+    and the open is refused instead of read.
+    """
     path = resolve_allowed_path(raw, allowed_dirs=allowed_dirs, field=field)
-    with path.open("rb") as f:
+    fd = _open_checked(path, raw, allowed_dirs=allowed_dirs, field=field)
+    with os.fdopen(fd, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
@@ -129,6 +140,51 @@ def read_allowed_file(raw: str, *, allowed_dirs: list[Path], max_bytes: int, fie
     if not data:
         raise InvalidInput(f"{field} {_shown(raw)} is an empty file", field=field)
     return data
+
+
+def _open_checked(path: Path, raw: str, *, allowed_dirs: list[Path], field: str) -> int:
+    """Open the already checked `path` read-only and return the descriptor, or raise if it changed since the check.
+
+    O_NOFOLLOW refuses a final component that became a symlink; O_NONBLOCK keeps a file swapped for a FIFO from
+    blocking the open (it changes nothing for a regular file). A folder higher up swapped for a link is caught by
+    asking the kernel where the open file really is.
+    """
+    changed = f"{field} {_shown(raw)} changed while it was being opened"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        raise InvalidInput(f"{changed}: it no longer exists", field=field) from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PathNotAllowed(
+                f"{changed}: it is now a symbolic link, which is not followed; give the file's real path inside "
+                f"{_describe(allowed_dirs)}",
+                field=field,
+            ) from e
+        raise InvalidInput(f"{field} {_shown(raw)} cannot be opened: {e.strerror or e}", field=field) from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{changed}: it is no longer a regular file", field=field)
+        where = _opened_path(fd)
+        if where is not None and not any(where.is_relative_to(folder) for folder in allowed_dirs):
+            raise PathNotAllowed(
+                f"{changed}: it now leads outside the folders this server may read; put the file in "
+                f"{_describe(allowed_dirs)} (MCP_ALLOWED_DIRS) or send its bytes as base64",
+                field=field,
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _opened_path(fd: int) -> Path | None:
+    """Where the open file `fd` really is (Linux /proc), or None where that cannot be asked."""
+    link = f"/proc/self/fd/{fd}"
+    if not os.path.exists(link):
+        return None
+    return Path(os.path.realpath(link))
 
 
 def decode_base64_audio(text: str, *, max_bytes: int, field: str = "audio_base64") -> bytes:

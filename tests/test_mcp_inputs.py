@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import mcp_inputs
 from llasa.errors import InvalidInput, PathNotAllowed, PayloadTooLarge
 from mcp_inputs import decode_base64_audio, read_allowed_file, read_audio_input, resolve_allowed_path
 
@@ -187,3 +191,68 @@ def test_symlink_loop_is_refused_cleanly(sandbox: dict[str, Path]) -> None:
     (sandbox["allowed"] / "loop_b.wav").symlink_to(sandbox["allowed"] / "loop_a.wav")
     with pytest.raises(InvalidInput, match="cannot be resolved"):
         resolve_allowed_path("loop_a.wav", allowed_dirs=[sandbox["allowed"]])
+
+
+# --- the file swapped between the check and the open (TOCTOU) --------------------------------------------------
+
+
+def swap_after_check(monkeypatch: pytest.MonkeyPatch, swap: Callable[[Path], None]) -> None:
+    """Make `swap(resolved)` run right after resolve_allowed_path has checked the path, before the file is opened:
+    the window an attacker with write access to an allowed folder would race for."""
+    checked = mcp_inputs.resolve_allowed_path
+
+    def check_then_swap(*args: Any, **kwargs: Any) -> Path:
+        resolved = checked(*args, **kwargs)
+        swap(resolved)
+        return resolved
+
+    monkeypatch.setattr(mcp_inputs, "resolve_allowed_path", check_then_swap)
+
+
+def test_file_replaced_by_a_symlink_out_after_the_check_is_refused(
+    sandbox: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def to_link(resolved: Path) -> None:
+        resolved.unlink()
+        resolved.symlink_to(sandbox["outside"] / "secret.wav")
+
+    swap_after_check(monkeypatch, to_link)
+    with pytest.raises(PathNotAllowed, match=r"changed while it was being opened.*symbolic link"):
+        read_allowed_file("ref.wav", allowed_dirs=[sandbox["allowed"]], max_bytes=1000)
+
+
+def test_folder_replaced_by_a_symlink_out_after_the_check_is_refused(
+    sandbox: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (sandbox["outside"] / "deep.wav").write_bytes(WAV_BYTES)
+
+    def folder_to_link(resolved: Path) -> None:
+        folder = resolved.parent
+        folder.rename(folder.with_name("moved"))
+        folder.symlink_to(sandbox["outside"], target_is_directory=True)
+
+    swap_after_check(monkeypatch, folder_to_link)
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to see where an open file really is")
+    with pytest.raises(PathNotAllowed, match="now leads outside"):
+        read_allowed_file("sub/deep.wav", allowed_dirs=[sandbox["allowed"]], max_bytes=1000)
+
+
+def test_file_replaced_by_a_fifo_after_the_check_is_refused_without_blocking(
+    sandbox: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def to_fifo(resolved: Path) -> None:
+        resolved.unlink()
+        os.mkfifo(resolved)
+
+    swap_after_check(monkeypatch, to_fifo)
+    with pytest.raises(InvalidInput, match="no longer a regular file"):
+        read_allowed_file("ref.wav", allowed_dirs=[sandbox["allowed"]], max_bytes=1000)
+
+
+def test_file_deleted_after_the_check_gets_a_clear_error(
+    sandbox: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    swap_after_check(monkeypatch, Path.unlink)
+    with pytest.raises(InvalidInput, match="no longer exists"):
+        read_allowed_file("ref.wav", allowed_dirs=[sandbox["allowed"]], max_bytes=1000)
