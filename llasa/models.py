@@ -7,7 +7,9 @@
 
 Loaders take a hub id (or a faster-whisper size name) or a local folder, from LLASA_MODEL / XCODEC2_MODEL /
 WHISPER_MODEL, honour HF_TOKEN / HF_ENDPOINT / HF_HOME, and raise `ModelUnavailable` naming the model and the
-variable to set when the weights cannot be found or downloaded. Weights are bf16 on CUDA and fp32 on the CPU.
+variable to set when the weights cannot be found, downloaded or loaded, or when the checkpoint lacks weights the
+architecture needs (transformers would fill those with random values and only print a table). Weights are bf16 on
+CUDA and fp32 on the CPU.
 Nothing is loaded at import; `register_models()` only registers loaders with the manager.
 """
 
@@ -19,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 
 from llasa import prompt
 from llasa.config import Settings
-from llasa.errors import InvalidInput, ModelUnavailable
+from llasa.errors import InvalidInput, ModelUnavailable, TTSError
 from llasa.types import SAMPLE_RATE, SAMPLES_PER_CODE, Segment, TranscriptionResult
 
 if TYPE_CHECKING:
@@ -120,6 +122,42 @@ def _pinned(module: torch.nn.Module) -> Any:
     return PinnedWeights(module)
 
 
+def _check_loading_info(info: dict[str, Any], *, what: str, reference: str, variable: str) -> None:
+    """Refuse a checkpoint that lacks weights, or holds some of the wrong shape (`from_pretrained`'s loading info).
+
+    transformers initialises such weights at random and only prints a report, so an incomplete checkpoint would
+    load and produce noise. Keys it expects to be absent (a tied `lm_head.weight`, `_keys_to_ignore_on_load_missing`)
+    are already left out of `missing_keys` by transformers.
+    """
+    missing = sorted(info.get("missing_keys") or ())
+    # entries are (key, checkpoint shape, model shape)
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        logger.warning(
+            "%s checkpoint %s has %d weights the model does not use (e.g. %s); ignoring them",
+            what,
+            reference,
+            len(unexpected),
+            unexpected[0],
+        )
+    if not missing and not mismatched:
+        return
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing, e.g. {some(missing)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} weights of the wrong shape, e.g. {some(mismatched)}")
+    raise ModelUnavailable(
+        f"{what} checkpoint {reference} is incomplete ({'; '.join(problems)}): loading it would fill them with "
+        f"random values. Set {variable} to a complete checkpoint (re-download it, or point it at the right folder)"
+    )
+
+
 # The tokenizer of a Llasa checkpoint takes seconds to load (transformers copies 65,536 added-token records in
 # Python), and a read-only tokenizer is safe to share: keep one per folder for the life of the process, so a
 # model evicted and loaded again does not pay it twice.
@@ -167,6 +205,16 @@ class CancelCriteria(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         stop = bool(self.should_stop())
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class GeneratedCodes(NamedTuple):
+    """What `LlasaModel.generate_codes_with_status` returns (unpacks as `codes, hit_limit`)."""
+
+    codes: list[int]
+    """Speech codes 0..65535, without the end token."""
+    hit_limit: bool
+    """True when generation stopped at the token limit (`max_new_tokens` or the context) without sampling the end
+    token: the speech was cut off. False when the end token came, or `should_stop()` stopped it earlier."""
 
 
 class LlasaModel:
@@ -247,6 +295,35 @@ class LlasaModel:
 
         Only speech tokens and the end token can be sampled. The same `seed` gives the same codes (the seed is
         applied to a forked RNG state, so the process's global RNG is left as it was); `seed=None` is random.
+        `generate_codes_with_status` also says whether the end token was reached.
+        """
+        return self.generate_codes_with_status(
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+            should_stop=should_stop,
+        ).codes
+
+    def generate_codes_with_status(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        repetition_penalty: float,
+        seed: int | None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GeneratedCodes:
+        """`generate_codes`, plus whether it stopped at the token limit without the end token.
+
+        Returns `GeneratedCodes(codes, hit_limit)`; `hit_limit` is True when `max_new_tokens` (or the room left in
+        the 2048-token context) ran out before <|SPEECH_GENERATION_END|>, i.e. the speech was cut off.
         """
         if self.model is None:
             raise ModelUnavailable(f"{self.name} was released; load it again")
@@ -260,7 +337,7 @@ class LlasaModel:
             )
         max_new_tokens = min(int(max_new_tokens), room)
         if max_new_tokens < 1:
-            return []
+            return GeneratedCodes([], hit_limit=True)  # a zero budget cuts off whatever was to be said
         device = self.model.device
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         processors = LogitsProcessorList([SpeechOnlyLogitsProcessor(self._mask(device, torch.float32))])
@@ -285,7 +362,9 @@ class LlasaModel:
                 torch.manual_seed(int(seed))
             output = self.model.generate(input_ids, **kwargs)
         new_ids = output[0, input_ids.shape[1] :].tolist()
-        return prompt.parse_speech_ids(new_ids, self.token_ids)
+        # A cancelled run stops short of the limit; one that sampled the end token has it in new_ids.
+        hit_limit = end_id not in new_ids and len(new_ids) >= max_new_tokens
+        return GeneratedCodes(prompt.parse_speech_ids(new_ids, self.token_ids), hit_limit)
 
 
 def load_llasa(settings: Settings, device: str) -> LlasaModel:
@@ -298,19 +377,33 @@ def load_llasa(settings: Settings, device: str) -> LlasaModel:
         settings.llasa_model, settings, variable="LLASA_MODEL", what="Llasa", allow_patterns=LLASA_FILES
     )
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # Any failure in here (a corrupt safetensors header, a config of the wrong shape, a state-dict shape error
+    # raised as RuntimeError...) is the checkpoint's fault: say which variable points at it.
     try:
         tokenizer = _load_tokenizer(folder)
         # Loaded on the CPU first: PinnedWeights keeps that host copy for fast offload/reload.
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
-    except (OSError, ValueError) as e:
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        model.eval()
+        _check_loading_info(info, what="Llasa", reference=settings.llasa_model, variable="LLASA_MODEL")
+    except TTSError:
+        raise
+    except Exception as e:
         raise ModelUnavailable(
-            f"Llasa checkpoint {settings.llasa_model} could not be loaded ({e}); set LLASA_MODEL to a folder "
-            "holding a Llasa checkpoint (config.json, *.safetensors, tokenizer.json) or to its hub id"
+            f"Llasa checkpoint {settings.llasa_model} could not be loaded ({type(e).__name__}: {e}); set "
+            "LLASA_MODEL to a folder holding a complete Llasa checkpoint (config.json, *.safetensors, "
+            "tokenizer.json) or to its hub id"
         ) from e
     try:
         llasa = LlasaModel(model, tokenizer)
+    except TTSError:
+        raise
     except ValueError as e:
         raise ModelUnavailable(f"{settings.llasa_model} is not a Llasa checkpoint ({e}); check LLASA_MODEL") from e
+    except Exception as e:
+        raise ModelUnavailable(
+            f"Llasa checkpoint {settings.llasa_model} could not be prepared ({type(e).__name__}: {e}); check "
+            "LLASA_MODEL"
+        ) from e
     llasa.move_to(device)
     logger.info("llasa loaded from %s on %s (%s) in %.2f s", folder, device, dtype, time.perf_counter() - started)
     return llasa
@@ -405,15 +498,20 @@ def load_xcodec2(settings: Settings, device: str) -> XCodec2Codec:
         settings.xcodec2_model, settings, variable="XCODEC2_MODEL", what="XCodec2", allow_patterns=XCODEC2_FILES
     )
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # As for Llasa: whatever fails while loading, name the checkpoint and the variable.
     try:
         feature_extractor = AutoFeatureExtractor.from_pretrained(folder)
-        model = Xcodec2Model.from_pretrained(folder, dtype=dtype).eval()
+        model, info = Xcodec2Model.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        model.eval()
+        _check_loading_info(info, what="XCodec2", reference=settings.xcodec2_model, variable="XCODEC2_MODEL")
         codec = XCodec2Codec(model, feature_extractor)
-    except (OSError, ValueError) as e:
+    except TTSError:
+        raise
+    except Exception as e:
         raise ModelUnavailable(
-            f"XCodec2 checkpoint {settings.xcodec2_model} could not be loaded ({e}); set XCODEC2_MODEL to a folder "
-            "holding a native transformers XCodec2 checkpoint (e.g. HKUSTAudio/xcodec2-hf), not the original "
-            "xcodec2 package's format"
+            f"XCodec2 checkpoint {settings.xcodec2_model} could not be loaded ({type(e).__name__}: {e}); set "
+            "XCODEC2_MODEL to a folder holding a complete native transformers XCodec2 checkpoint (e.g. "
+            "HKUSTAudio/xcodec2-hf), not the original xcodec2 package's format"
         ) from e
     codec.move_to(device)
     logger.info("xcodec2 loaded from %s on %s (%s) in %.2f s", folder, device, dtype, time.perf_counter() - started)
@@ -611,9 +709,12 @@ def load_whisper(settings: Settings, device: str) -> WhisperTranscriber:
         )
     try:
         whisper = WhisperTranscriber(folder, device, settings.whisper_compute_type)
-    except (RuntimeError, ValueError, OSError) as e:
+    except TTSError:
+        raise
+    except Exception as e:  # CTranslate2 raises RuntimeError/ValueError, the tokenizers library a bare Exception
         raise ModelUnavailable(
-            f"Whisper checkpoint {reference} could not be loaded ({e}); check WHISPER_MODEL and WHISPER_COMPUTE_TYPE"
+            f"Whisper checkpoint {reference} could not be loaded ({type(e).__name__}: {e}); set WHISPER_MODEL to "
+            "a complete CTranslate2 (faster-whisper) folder or size name, and check WHISPER_COMPUTE_TYPE"
         ) from e
     logger.info(
         "whisper loaded from %s on %s (%s) in %.2f s",

@@ -1,9 +1,11 @@
 """The production loaders on the tiny checkpoints: codec lengths, restricted and seeded generation, Whisper,
-missing weights, offload."""
+missing, incomplete and corrupt weights, offload."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import shutil
 import socket
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file, save_file
 
 from gpu_manager import ModelState, MultiModelGPUManager
 from llasa import models
@@ -73,6 +76,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _copy_checkpoint(tiny_models: Path, name: str, tmp_path: Path) -> Path:
+    folder = tmp_path / f"{name}-copy"
+    shutil.copytree(tiny_models / name, folder)
+    return folder
+
+
+def _rewrite_weights(folder: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
+    weights = load_file(folder / "model.safetensors")
+    edit(weights)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 # --- XCodec2 ------------------------------------------------------------------------------------------------
@@ -214,6 +229,70 @@ def test_generation_never_exceeds_the_context(llasa: LlasaModel) -> None:
         llasa.generate_codes(too_long, max_new_tokens=10, seed=2, **SAMPLING)
 
 
+def test_generate_with_status_reports_the_token_limit(llasa: LlasaModel) -> None:
+    prompt_ids = llasa.build_prompt_ids("Hello world.", None, [])
+    codes, hit_limit = llasa.generate_codes_with_status(prompt_ids, max_new_tokens=8, seed=3, **SAMPLING)
+    assert len(codes) == 8
+    assert hit_limit is True  # a random model never picks the end token in 8 steps: the chunk was cut
+    assert llasa.generate_codes(prompt_ids, max_new_tokens=8, seed=3, **SAMPLING) == codes  # same codes, no status
+    result = llasa.generate_codes_with_status(prompt_ids, max_new_tokens=8, seed=3, **SAMPLING)
+    assert (result.codes, result.hit_limit) == (codes, True)
+
+
+def test_generate_with_status_cancelled_is_not_the_limit(llasa: LlasaModel) -> None:
+    prompt_ids = llasa.build_prompt_ids("Hello.", None, [])
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    codes, hit_limit = llasa.generate_codes_with_status(
+        prompt_ids, max_new_tokens=50, seed=1, should_stop=should_stop, **SAMPLING
+    )
+    assert 1 <= len(codes) < 50
+    assert hit_limit is False
+
+
+def test_generate_with_status_context_clamp_is_the_limit(llasa: LlasaModel) -> None:
+    prompt_ids = llasa.build_prompt_ids("Hi.", "Ref.", list(range(LLASA_CONTEXT_TOKENS - 100)))
+    room = LLASA_CONTEXT_TOKENS - len(prompt_ids)
+    codes, hit_limit = llasa.generate_codes_with_status(prompt_ids, max_new_tokens=500, seed=2, **SAMPLING)
+    assert len(codes) == room
+    assert hit_limit is True
+
+
+def test_generate_with_status_end_token_is_not_the_limit(
+    make_settings: Callable[..., Settings], llasa: LlasaModel, tiny_models: Path, tmp_path: Path
+) -> None:
+    """A checkpoint edited so that greedy decoding picks <|SPEECH_GENERATION_END|> stops before the limit.
+
+    With every layer's output projection zeroed the last hidden state is the current token's embedding; all
+    embeddings point along one axis and the end token's is twice as long, so (embeddings tied to the LM head)
+    the end token always has the largest logit.
+    """
+    end_id = llasa.token_ids.speech_end_id
+    folder = _copy_checkpoint(tiny_models, "llasa", tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    for key in weights:
+        if key.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[key] = torch.zeros_like(weights[key])
+    embeddings = torch.zeros_like(weights["model.embed_tokens.weight"])
+    embeddings[:, 0] = 1.0
+    embeddings[end_id, 0] = 2.0
+    weights["model.embed_tokens.weight"] = embeddings
+    weights["model.norm.weight"] = torch.ones_like(weights["model.norm.weight"])
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    ender = load_llasa(make_settings(llasa_model=str(folder)), "cpu")
+    try:
+        prompt_ids = ender.build_prompt_ids("Hello.", None, [])
+        greedy = {**SAMPLING, "top_k": 1}
+        output = ender.generate_codes_with_status(prompt_ids, max_new_tokens=10, seed=1, **greedy)
+        assert output == ([], False)
+    finally:
+        ender.close()
+
+
 def test_tokenizer_is_loaded_once_per_folder(settings: Settings, llasa: LlasaModel) -> None:
     again = load_llasa(settings, "cpu")
     try:
@@ -316,6 +395,104 @@ def test_unreachable_hub_is_model_unavailable(
         loader(settings, "cpu")
     assert info.value.__cause__ is not None
     assert "HF_ENDPOINT" in info.value.message
+
+
+LOADERS = [
+    pytest.param("llasa", "llasa_model", "LLASA_MODEL", load_llasa, id="llasa"),
+    pytest.param("xcodec2", "xcodec2_model", "XCODEC2_MODEL", load_xcodec2, id="xcodec2"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "variable", "loader", "dropped"),
+    [
+        ("llasa", "llasa_model", "LLASA_MODEL", load_llasa, "model.layers.1.mlp.down_proj.weight"),
+        ("llasa", "llasa_model", "LLASA_MODEL", load_llasa, "model.embed_tokens.weight"),
+        ("xcodec2", "xcodec2_model", "XCODEC2_MODEL", load_xcodec2, "acoustic_decoder.head.linear.weight"),
+        ("xcodec2", "xcodec2_model", "XCODEC2_MODEL", load_xcodec2, "quantizer.project_out.weight"),
+    ],
+)
+def test_checkpoint_missing_a_tensor_is_model_unavailable(
+    make_settings: Callable[..., Settings],
+    tiny_models: Path,
+    tmp_path: Path,
+    name: str,
+    field: str,
+    variable: str,
+    loader,
+    dropped: str,
+) -> None:
+    """transformers fills a missing tensor with random values and only prints a table: the loader must refuse."""
+    folder = _copy_checkpoint(tiny_models, name, tmp_path)
+    _rewrite_weights(folder, lambda weights: weights.pop(dropped))
+    with pytest.raises(ModelUnavailable, match=variable) as info:
+        loader(make_settings(**{field: str(folder)}), "cpu")
+    # a tied lm_head goes missing with the embeddings it shares: "2 weights missing, e.g. lm_head.weight, ..."
+    assert re.search(r"\b[12] weights missing, e\.g\. ", info.value.message)
+    assert dropped in info.value.message
+    assert str(folder) in info.value.message
+    assert info.value.status_code == 503
+
+
+def _truncate_weights(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _shrink_a_tensor(folder: Path) -> None:
+    def edit(weights: dict[str, torch.Tensor]) -> None:
+        key = next(k for k, v in weights.items() if v.ndim == 2)
+        weights[key] = weights[key][:-1].clone()
+
+    _rewrite_weights(folder, edit)
+
+
+def _config_not_a_mapping(folder: Path) -> None:
+    (folder / "config.json").write_text("[1, 2]")
+
+
+def _config_wrong_type(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_size"] = None
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _config_not_json(folder: Path) -> None:
+    (folder / "config.json").write_text("{garbage")
+
+
+@pytest.mark.parametrize(
+    "corrupt", [_truncate_weights, _shrink_a_tensor, _config_not_a_mapping, _config_wrong_type, _config_not_json]
+)
+@pytest.mark.parametrize(("name", "field", "variable", "loader"), LOADERS)
+def test_corrupt_checkpoint_is_model_unavailable(
+    make_settings: Callable[..., Settings],
+    tiny_models: Path,
+    tmp_path: Path,
+    name: str,
+    field: str,
+    variable: str,
+    loader,
+    corrupt: Callable[[Path], None],
+) -> None:
+    """Any loader failure (safetensors header, shape mismatch, config) names the model and the variable to set."""
+    folder = _copy_checkpoint(tiny_models, name, tmp_path)
+    corrupt(folder)
+    with pytest.raises(ModelUnavailable, match=variable) as info:
+        loader(make_settings(**{field: str(folder)}), "cpu")
+    assert str(folder) in info.value.message
+    assert info.value.__cause__ is not None
+
+
+def test_corrupt_whisper_tokenizer_is_model_unavailable(
+    make_settings: Callable[..., Settings], tiny_models: Path, tmp_path: Path
+) -> None:
+    """The tokenizers library raises a bare Exception for a broken tokenizer.json."""
+    folder = _copy_checkpoint(tiny_models, "whisper", tmp_path)
+    (folder / "tokenizer.json").write_text("{garbage")
+    with pytest.raises(ModelUnavailable, match="WHISPER_MODEL") as info:
+        load_whisper(make_settings(whisper_model=str(folder)), "cpu")
+    assert info.value.__cause__ is not None
 
 
 def test_hub_id_already_in_cache_loads_offline(
