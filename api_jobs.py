@@ -2,7 +2,8 @@
 
 One worker thread runs jobs in order; each calls `TTSService.synthesize` with a progress callback and its own
 cancel Event, so the GPU queue stays the core's (`manager.gpu_slot()`): this runner adds no second queue for the
-card, only the order of the jobs. A job lives as long as its output: finished jobs older than OUTPUT_TTL_HOURS,
+card, only the order of the jobs. A job that finds that queue full waits and retries (it was accepted with
+202). A job lives as long as its output: finished jobs older than OUTPUT_TTL_HOURS,
 or whose output file is gone, are forgotten by `expire()`.
 """
 
@@ -23,6 +24,12 @@ from llasa.errors import Cancelled, NotFound, QueueFull, TTSError
 from llasa.types import SynthesisResult
 
 logger = logging.getLogger(__name__)
+
+
+#: Bounds on the wait before a job whose synthesis met a full GPU queue tries again (the queue's Retry-After
+#: in between): never a busy loop, never so long that a job sits idle behind an empty queue.
+MIN_QUEUE_RETRY_S = 0.5
+MAX_QUEUE_RETRY_S = 30.0
 
 
 class JobState(StrEnum):
@@ -205,6 +212,20 @@ class JobRunner:
         if error is not None:
             job.error = {"code": error.code, "message": error.message, "status": error.status_code}
 
+    def _synthesize(self, job: Job) -> SynthesisResult:
+        """Synthesise the job's audio. A full GPU queue (QueueFull) is not the job's failure: the client was
+        already told 202, so the job waits its turn, retrying after the queue's Retry-After until it gets in
+        or is cancelled."""
+        while True:
+            try:
+                return self.service.synthesize(**job.synth_kwargs, progress=job.on_progress, cancel=job.cancel)
+            except QueueFull as e:
+                wait_s = min(max(e.retry_after_s, MIN_QUEUE_RETRY_S), MAX_QUEUE_RETRY_S)
+                job.stage = "waiting_for_gpu_queue"
+                logger.info("job %s: the GPU queue is full; retrying in %.1f s", job.id, wait_s)
+                if job.cancel.wait(wait_s):
+                    raise Cancelled("the job was cancelled while it waited for room in the GPU queue") from e
+
     def _run(self, job: Job) -> None:
         with self._lock:
             if job.state is not JobState.QUEUED:
@@ -214,7 +235,7 @@ class JobRunner:
             job.started_at = time.time()
         result: SynthesisResult | None = None
         try:
-            result = self.service.synthesize(**job.synth_kwargs, progress=job.on_progress, cancel=job.cancel)
+            result = self._synthesize(job)
             if job.cancel.is_set():
                 raise Cancelled("the job was cancelled")
             saved = self.service.save_output(result, job.fmt, sample_rate=job.sample_rate)

@@ -373,3 +373,54 @@ def test_expired_outputs_are_deleted_and_their_jobs_forgotten(make_settings: Cal
         assert keeper.exists()
     finally:
         served.close()
+
+
+# --- async jobs and a full GPU queue -------------------------------------------------------------------------------
+
+
+def test_accepted_job_waits_for_room_in_a_full_gpu_queue(make_settings: Callable[..., Settings]) -> None:
+    served = Served(make_settings(max_queue=1, host="127.0.0.1", max_audio_seconds=0.3))
+    manager = served.service.manager
+    waiter_done = threading.Event()
+
+    def wait_in_queue() -> None:
+        with manager.gpu_slot():
+            pass
+        waiter_done.set()
+
+    def job(job_id: str) -> dict:
+        return requests.get(served.url + f"/api/jobs/{job_id}", timeout=TIMEOUT_S).json()
+
+    try:
+        with manager.gpu_slot():  # the card is busy...
+            waiter = threading.Thread(target=wait_in_queue, daemon=True)
+            waiter.start()
+            wait_for(lambda: served.service.queue_depth == 1, "the queue to fill")  # ...and its queue is full
+            body = {"text": "Accepted, so it must run.", "seed": 5}
+            kept = requests.post(served.url + "/api/tts?async=true", json=body, timeout=TIMEOUT_S).json()
+            dropped = requests.post(served.url + "/api/tts?async=true", json=body, timeout=TIMEOUT_S).json()
+            wait_for(lambda: job(kept["id"])["progress"]["stage"] == "waiting_for_gpu_queue", "the job to wait")
+            assert job(kept["id"])["state"] == "running"
+            assert job(dropped["id"])["state"] == "queued"
+            # Cancelling a job that waits for room stops it.
+            cancelled = requests.delete(served.url + f"/api/jobs/{dropped['id']}", timeout=TIMEOUT_S).json()
+            assert cancelled["state"] == "cancelled"
+        waiter.join(DEADLINE_S)
+        assert waiter_done.is_set()
+        finished = wait_for(lambda: (j := job(kept["id"]))["state"] in ("done", "failed", "cancelled") and j, "done")
+        assert finished["state"] == "done", finished
+        assert finished["error"] is None
+        assert requests.get(finished["output"]["url"], timeout=TIMEOUT_S).status_code == 200
+        # A job cancelled while it waits for room in the queue ends cancelled, not failed.
+        with manager.gpu_slot():
+            waiter = threading.Thread(target=wait_in_queue, daemon=True)
+            waiter.start()
+            wait_for(lambda: served.service.queue_depth == 1, "the queue to fill again")
+            third = requests.post(served.url + "/api/tts?async=true", json=body, timeout=TIMEOUT_S).json()
+            wait_for(lambda: job(third["id"])["progress"]["stage"] == "waiting_for_gpu_queue", "the job to wait")
+            requests.delete(served.url + f"/api/jobs/{third['id']}", timeout=TIMEOUT_S)
+            ended = wait_for(lambda: (j := job(third["id"]))["state"] != "running" and j, "the cancel")
+            assert ended["state"] == "cancelled", ended
+        waiter.join(DEADLINE_S)
+    finally:
+        served.close()
