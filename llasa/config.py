@@ -132,6 +132,13 @@ class Settings(BaseSettings):
     mcp_inline_max_seconds: float = Field(60.0, ge=0)
     """Longest audio returned inline as MCP audio content (seconds)."""
 
+    @field_validator("gradio_auth")
+    @classmethod
+    def _check_gradio_auth(cls, value: str) -> str:
+        if value and (":" not in value or not value.split(":", 1)[0] or not value.split(":", 1)[1]):
+            raise ValueError("GRADIO_AUTH must look like user:password (both parts non-empty), or be empty")
+        return value
+
     @field_validator("public_base_url")
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
@@ -160,3 +167,18 @@ class Settings(BaseSettings):
         raw = [part.strip() for part in self.mcp_allowed_dirs.split(",") if part.strip()]
         folders = [Path(p) for p in raw] if raw else [self.output_dir, self.temp_dir, self.voices_dir]
         return [folder.expanduser().resolve() for folder in folders]
+
+
+ENV_FILE_VARIABLE = "LLASA_ENV_FILE"
+"""Names the .env file the entry points read: unset = the checkout's .env then ./.env; empty = none (tests);
+a path = that file only."""
+
+
+def load_settings() -> Settings:
+    """The entry points' Settings: the environment, plus the .env file(s) LLASA_ENV_FILE chooses."""
+    import os
+
+    chosen = os.environ.get(ENV_FILE_VARIABLE)
+    if chosen is None:
+        return Settings()
+    return Settings(_env_file=chosen or None)

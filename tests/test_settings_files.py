@@ -35,3 +35,24 @@ def test_environment_beats_env_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MCP_PORT", "7004")
     assert Settings(_env_file=".env").mcp_port == 7004
+
+
+def test_load_settings_honours_llasa_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from llasa.config import load_settings
+
+    monkeypatch.delenv("API_KEY", raising=False)
+    chosen = tmp_path / "chosen.env"
+    chosen.write_text("API_KEY=from-chosen\n", encoding="utf-8")
+    (tmp_path / ".env").write_text("API_KEY=from-cwd\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLASA_ENV_FILE", str(chosen))
+    assert load_settings().api_key == "from-chosen"
+    monkeypatch.setenv("LLASA_ENV_FILE", "")  # no file at all: what tests give the processes they start
+    assert load_settings().api_key == ""
+    monkeypatch.delenv("LLASA_ENV_FILE")
+    assert load_settings().api_key == "from-cwd"
+    monkeypatch.setenv("GRADIO_AUTH", "no-colon")
+    with pytest.raises(ValidationError, match="user:password"):
+        load_settings()
