@@ -550,6 +550,14 @@ def _stream_speech(ctx: ApiContext, kwargs: dict[str, Any], *, fmt: str, speed: 
             if not sse:
                 raise  # a cut chunked body is how a raw audio stream says it failed
             yield sse_event({"type": "error", "error": {"code": e.code, "message": e.message}})
+        except GeneratorExit:
+            outcome = "cancelled"  # the server closed the response: the client went away
+            raise
+        except Exception:
+            # A bug, not the client leaving: count it as an error and keep the trace (the body is cut off).
+            outcome = "error"
+            logger.exception("speech stream failed after %d samples", samples_in)
+            raise
         finally:
             # Also reached by GeneratorExit when the server closes the response because the client went away.
             watch.stop()

@@ -527,6 +527,42 @@ def test_openai_speech_stream_other_formats(api: Api, fmt: str) -> None:
         assert samples.size > 0
 
 
+def test_openai_stream_failure_counts_as_an_error(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real = api.service.synthesize_stream
+
+    def breaks_after_the_first_piece(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        pieces = real(*args, **kwargs)
+        try:
+            yield next(pieces)
+            raise RuntimeError("encoder bug")  # a fault in the stream, not the client leaving
+        finally:
+            pieces.close()
+
+    monkeypatch.setattr(api.service, "synthesize_stream", breaks_after_the_first_piece)
+    labels = {"endpoint": "speech_stream"}
+    errors = metric_value(api, "llasa_syntheses_total", outcome="error", **labels)
+    cancelled = metric_value(api, "llasa_syntheses_total", outcome="cancelled", **labels)
+    body = {"input": "Two sentences here. And the second one.", "stream_format": "audio", "response_format": "pcm"}
+    with caplog.at_level("ERROR", logger="api_openai"):
+        try:
+            response = api.post("/v1/audio/speech", json={**body, **QUICK}, stream=True)
+            assert response.status_code == 200
+            b"".join(response.iter_content(4096))
+        except requests.exceptions.RequestException:
+            pass  # the cut body is how a raw stream reports the failure
+        wait_for(
+            lambda: metric_value(api, "llasa_syntheses_total", outcome="error", **labels) == errors + 1,
+            "the failed stream to be counted as an error",
+        )
+    assert metric_value(api, "llasa_syntheses_total", outcome="cancelled", **labels) == cancelled
+    failures = [r for r in caplog.records if r.name == "api_openai" and r.levelname == "ERROR"]
+    assert failures
+    assert failures[0].exc_info is not None
+    assert "encoder bug" in str(failures[0].exc_info[1])
+
+
 def test_openai_speech_sse_events(api: Api) -> None:
     response = api.post(
         "/v1/audio/speech",
