@@ -426,7 +426,7 @@ class TTSService:
         cancel: threading.Event | None,
     ) -> Iterator[tuple[np.ndarray, int]]:
         """Generate and decode each chunk in turn; yield (16 kHz audio, number of new codes) per chunk."""
-        from llasa.models import LLASA_CONTEXT_TOKENS
+        from llasa.models import LLASA_CONTEXT_TOKENS, GeneratedCodes
 
         params = plan.params
         max_codes = int(params.max_audio_seconds * CODES_PER_SECOND)
@@ -435,6 +435,7 @@ class TTSService:
         def should_stop() -> bool:
             return cancel is not None and cancel.is_set()
 
+        truncated: list[int] = []  # chunks that ran out of tokens before the model ended them
         # Both leases are held for the whole request so the codec and Llasa are not moved between chunks.
         with ExitStack() as leases:
             leases.enter_context(self._lease(XCODEC2, timings))
@@ -450,8 +451,8 @@ class TTSService:
 
                 def generate(
                     model: Any, prompt_ids: list[int] = prompt_ids, max_new: int = max_new, seed: int = chunk_seed
-                ) -> list[int]:
-                    return model.generate_codes(
+                ) -> GeneratedCodes:
+                    return model.generate_codes_with_status(
                         prompt_ids,
                         max_new_tokens=max_new,
                         temperature=params.temperature,
@@ -464,8 +465,10 @@ class TTSService:
 
                 # On CUDA out-of-memory the manager moves idle models out and runs it once more (it is seeded,
                 # so the retry gives the same codes).
-                codes = self.manager.run_with_oom_retry(LLASA, generate)
+                codes, hit_limit = self.manager.run_with_oom_retry(LLASA, generate)
                 timings["generate"] += time.perf_counter() - t0
+                if hit_limit and codes:
+                    truncated.append(index + 1)
                 if should_stop():
                     raise Cancelled("the synthesis was cancelled")
                 if not codes:
@@ -483,6 +486,12 @@ class TTSService:
                 timings["decode"] += time.perf_counter() - t0
                 _notify(progress, index + 1, len(chunks), "chunk_done")
                 yield np.asarray(audio, dtype=np.float32), len(codes)
+        if truncated:
+            which = "every chunk" if len(truncated) == len(chunks) else f"chunk {', '.join(map(str, truncated))}"
+            plan.warnings.append(
+                f"{which} reached max_audio_seconds ({params.max_audio_seconds:g} s) before the model finished "
+                "speaking, so the end may be cut off; raise max_audio_seconds"
+            )
 
     def _encode(self, samples: np.ndarray) -> list[int]:
         """XCodec2 codes of 16 kHz samples; on CUDA out-of-memory idle models move out and it runs once more."""
