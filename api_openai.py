@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, jsonify, request, send_file
@@ -54,8 +55,30 @@ SPEECH_MODEL_IDS = ("llasa", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 TRANSCRIPTION_MODEL_IDS = ("whisper-1",)
 
 
+def _unix_seconds(iso: object) -> int:
+    """An ISO 8601 time as Unix seconds (OpenAI's `created_at`); 0 when the stored value cannot be read."""
+    try:
+        moment = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return 0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # the library stores UTC
+    return int(moment.timestamp())
+
+
 def _voice_object(info: Any) -> dict[str, Any]:
-    return {"id": info.name, "object": "voice", **info.to_dict()}
+    """A saved voice shaped like OpenAI's `audio.voice` (id, object, type, name, created_at as Unix seconds),
+    plus this service's fields: transcript, duration_s, num_codes, codec_model, created_iso and warnings."""
+    data = info.to_dict()
+    created_iso = data.pop("created_at")
+    return {
+        "id": info.name,
+        "object": "audio.voice",
+        "type": "audio_sample",
+        "created_at": _unix_seconds(created_iso),
+        "created_iso": created_iso,
+        **data,
+    }
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -471,10 +494,47 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
         """
     )
 
+    @app.patch("/v1/audio/voices/<voice_id>")
+    def update_voice(voice_id: str) -> Response:
+        fields, _files = read_body()
+        transcript = parse_text(fields.get("transcript"), "transcript", required=True)
+        return jsonify(_voice_object(service.update_voice(voice_id, transcript)))
+
+    update_voice.__doc__ = (
+        "Edit a saved voice's transcript (it must match the reference audio word for word); no model work."
+        "\n        ---\n        tags: [voices]\n        consumes: [application/json, multipart/form-data]"
+        + voice_id_param
+        + """  - in: body
+            name: body
+            required: true
+            schema:
+              type: object
+              required: [transcript]
+              properties:
+                transcript: {type: string, description: the words spoken in the voice's reference audio}
+        responses:
+          200:
+            description: the voice with its new transcript
+            schema: {$ref: '#/definitions/Voice'}
+          400:
+            description: missing or empty transcript, a name that cannot be a voice, or invalid JSON
+            schema: {$ref: '#/definitions/Error'}
+          401:
+            description: missing or wrong API key
+            schema: {$ref: '#/definitions/Error'}
+          404:
+            description: unknown voice
+            schema: {$ref: '#/definitions/Error'}
+          415:
+            description: a body that is neither JSON nor a form
+            schema: {$ref: '#/definitions/Error'}
+        """
+    )
+
     @app.delete("/v1/audio/voices/<voice_id>")
     def delete_voice(voice_id: str) -> Response:
         service.delete_voice(voice_id)
-        return jsonify({"id": voice_id, "object": "voice", "deleted": True})
+        return jsonify({"id": voice_id, "object": "audio.voice.deleted", "deleted": True})
 
     delete_voice.__doc__ = (
         "Delete a saved voice.\n        ---\n        tags: [voices]"
@@ -486,7 +546,7 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
               type: object
               properties:
                 id: {type: string}
-                object: {type: string}
+                object: {type: string, enum: [audio.voice.deleted]}
                 deleted: {type: boolean}
           400:
             description: a name that cannot be a voice (path tricks)

@@ -142,15 +142,23 @@ SWAGGER_DEFINITIONS: dict[str, Any] = {
     },
     "Voice": {
         "type": "object",
+        "description": "OpenAI's audio.voice object plus this service's fields",
         "properties": {
-            "id": {"type": "string"},
-            "object": {"type": "string", "example": "voice"},
+            "id": {"type": "string", "description": "the voice name"},
+            "object": {"type": "string", "enum": ["audio.voice"]},
+            "type": {"type": "string", "enum": ["audio_sample"]},
             "name": {"type": "string"},
+            "created_at": {"type": "integer", "description": "Unix seconds"},
+            "created_iso": {"type": "string", "description": "the same time in ISO 8601"},
             "transcript": {"type": "string"},
             "duration_s": {"type": "number"},
             "num_codes": {"type": "integer"},
-            "created_at": {"type": "string"},
             "codec_model": {"type": "string"},
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "what to check after create/edit, e.g. a transcript redone after a trim",
+            },
         },
     },
 }

@@ -63,6 +63,9 @@ class Api:
     def post(self, path: str, **kw: Any) -> requests.Response:
         return requests.post(self.url + path, timeout=TIMEOUT_S, **kw)
 
+    def patch(self, path: str, **kw: Any) -> requests.Response:
+        return requests.patch(self.url + path, timeout=TIMEOUT_S, **kw)
+
     def delete(self, path: str, **kw: Any) -> requests.Response:
         return requests.delete(self.url + path, timeout=TIMEOUT_S, **kw)
 
@@ -660,6 +663,13 @@ def test_voice_library_and_speech_with_saved_voices(api: Api) -> None:
     assert voice["transcript"] == EN_TRANSCRIPT
     assert voice["num_codes"] > 0
     assert "codes" not in voice
+    # OpenAI's audio.voice shape, plus the service's own fields.
+    assert voice["object"] == "audio.voice"
+    assert voice["type"] == "audio_sample"
+    assert isinstance(voice["created_at"], int)
+    assert abs(voice["created_at"] - time.time()) < 3600
+    assert voice["created_iso"].startswith(time.strftime("%Y-", time.gmtime(voice["created_at"])))
+    assert voice["warnings"] == []
     assert "narrator" in {v["id"] for v in api.get("/v1/audio/voices").json()["data"]}
     assert api.get("/v1/audio/voices/narrator").json()["duration_s"] == voice["duration_s"]
     preview = api.get("/v1/audio/voices/narrator/audio")
@@ -688,10 +698,43 @@ def test_voice_library_and_speech_with_saved_voices(api: Api) -> None:
     assert_error(api.get("/v1/audio/voices/ghost"), 404, "voice_not_found")
     assert_error(api.get("/v1/audio/voices/ghost/audio"), 404, "voice_not_found")
     # Delete.
-    assert api.delete("/v1/audio/voices/narrator").json() == {"id": "narrator", "object": "voice", "deleted": True}
+    # Edit the transcript.
+    edited = api.patch("/v1/audio/voices/narrator", json={"transcript": "  The quick brown fox.  "})
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["transcript"] == "The quick brown fox."
+    assert edited.json()["object"] == "audio.voice"
+    assert api.get("/v1/audio/voices/narrator").json()["transcript"] == "The quick brown fox."
+    assert_error(api.patch("/v1/audio/voices/narrator", json={}), 400, field="transcript")
+    assert_error(api.patch("/v1/audio/voices/narrator", json={"transcript": "   "}), 400, field="transcript")
+    assert_error(api.patch("/v1/audio/voices/ghost", json={"transcript": "Hello."}), 404, "voice_not_found")
+    deleted = {"id": "narrator", "object": "audio.voice.deleted", "deleted": True}
+    assert api.delete("/v1/audio/voices/narrator").json() == deleted
     assert api.delete("/v1/audio/voices/echo").status_code == 200
     assert_error(api.get("/v1/audio/voices/narrator"), 404, "voice_not_found")
     assert_error(api.delete("/v1/audio/voices/narrator"), 404, "voice_not_found")
+
+
+def test_openai_sdk_voices_create_and_delete(api: Api) -> None:
+    from openai.types.audio import Voice, VoiceDeleted
+
+    client = api.openai()
+    with (AUDIO_DIR / "en_16k_mono.wav").open("rb") as sample:
+        voice = client.audio.voices.create(
+            name="sdk voice", audio_sample=sample, consent="cons_unused", extra_body={"transcript": EN_TRANSCRIPT}
+        )
+    assert isinstance(voice, Voice)
+    assert voice.id == voice.name == "sdk voice"
+    assert voice.object == "audio.voice"
+    assert voice.type == "audio_sample"
+    assert isinstance(voice.created_at, int)
+    assert voice.created_at > 1_700_000_000
+    deleted = client.audio.voices.delete("sdk voice")
+    assert isinstance(deleted, VoiceDeleted)
+    assert deleted.id == "sdk voice"
+    assert deleted.object == "audio.voice.deleted"
+    assert deleted.deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.audio.voices.delete("sdk voice")
 
 
 # --- docs, metrics, CORS ------------------------------------------------------------------------------------------
