@@ -48,8 +48,10 @@ from llasa.types import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
-#: Routes anyone may call even when API_KEY is set (load balancers and orchestrators probe them).
-OPEN_PATHS = frozenset({"/health", "/ready"})
+#: Routes anyone may call even when API_KEY is set (load balancers and orchestrators probe them; the Swagger
+#: UI and spec describe the API and expose no data, and the UI sends the key entered under "Authorize").
+OPEN_PATHS = frozenset({"/health", "/ready", "/apidocs", "/apispec_1.json"})
+OPEN_PREFIXES = ("/apidocs/", "/flasgger_static/")
 #: waitress worker threads: 16 concurrent clients waiting on the GPU queue, streams, jobs polling, docs.
 SERVER_THREADS = 32
 _EXTENSION_FORMATS = {ext: fmt for fmt, ext in FORMAT_EXTENSIONS.items()}
@@ -228,7 +230,8 @@ def _register_hooks(app: Flask, ctx: ApiContext) -> None:
     @app.before_request
     def _start_and_authorize() -> None:
         g.started = time.perf_counter()
-        if not api_key or request.method == "OPTIONS" or request.path in OPEN_PATHS:
+        path = request.path
+        if not api_key or request.method == "OPTIONS" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         # compare_digest: the time taken must not tell an attacker how much of a guessed key was right.
@@ -791,7 +794,9 @@ def create_app(service: Any, settings: Settings) -> Flask:
                 "type": "apiKey",
                 "name": "Authorization",
                 "in": "header",
-                "description": "'Bearer <API_KEY>' (needed when the server sets API_KEY)",
+                "description": (
+                    "Type 'Bearer <API_KEY>' (needed when the server sets API_KEY; the docs themselves load without it)"
+                ),
             }
         },
         "security": [{"bearer": []}],

@@ -127,7 +127,7 @@ def test_api_key_guards_every_route_but_health(make_settings: Callable[..., Sett
         assert requests.get(url + "/health", timeout=TIMEOUT_S).status_code == 200
         assert requests.get(url + "/ready", timeout=TIMEOUT_S).status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret-key"}):
-            for path in ("/api/gpu/status", "/metrics", "/apispec_1.json", "/v1/models", "/api/jobs/x"):
+            for path in ("/api/gpu/status", "/metrics", "/v1/models", "/api/jobs/x", "/apidocsx", "/apispec_2.json"):
                 response = requests.get(url + path, headers=headers, timeout=TIMEOUT_S)
                 check_error(response, 401, "unauthorized")
                 assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -139,6 +139,17 @@ def test_api_key_guards_every_route_but_health(make_settings: Callable[..., Sett
         good = {"Authorization": "Bearer s3cret-key"}
         assert requests.get(url + "/api/gpu/status", headers=good, timeout=TIMEOUT_S).status_code == 200
         assert requests.get(url + "/apispec_1.json", headers=good, timeout=TIMEOUT_S).status_code == 200
+        # The docs load without the key (they describe the API, they expose no data); the UI's Authorize button
+        # (a bearer security definition) sends the key with the calls made from it.
+        spec = requests.get(url + "/apispec_1.json", timeout=TIMEOUT_S)
+        assert spec.status_code == 200
+        assert spec.json()["securityDefinitions"]["bearer"]["name"] == "Authorization"
+        ui = requests.get(url + "/apidocs/", timeout=TIMEOUT_S)
+        assert ui.status_code == 200
+        static = sorted(set(re.findall(r'(/flasgger_static/[^"\']+)', ui.text)))
+        assert static
+        for asset in static:
+            assert requests.get(url + asset, timeout=TIMEOUT_S).status_code == 200, asset
         # CORS preflights carry no credentials by design; they must not be refused.
         preflight = requests.options(
             url + "/api/tts",
