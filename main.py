@@ -326,10 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from pydantic import ValidationError
 
-    from llasa.config import Settings
+    from llasa.config import load_settings
 
     try:
-        settings = Settings()
+        # LLASA_ENV_FILE chooses the .env file(s): unset = the checkout's .env then ./.env, "" = none.
+        settings = load_settings()
     except ValidationError as exc:
         # Logging is not configured yet (LOG_LEVEL itself may be the bad value): say it plainly and stop.
         print(f"invalid configuration (environment or .env; see .env.example):\n{exc}", file=sys.stderr)

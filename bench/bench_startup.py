@@ -48,11 +48,14 @@ def answers(url: str) -> bool:
 
 
 def clean_env() -> dict[str, str]:
-    """The environment without any setting of the service (so .env-like leftovers cannot change the run)."""
+    """The environment without any setting of the service, and LLASA_ENV_FILE="" so that no .env file is read
+    (neither the checkout's, which ./start.sh creates, nor one in the working folder)."""
     sys.path.insert(0, str(REPO))
-    from llasa.config import Settings
+    from llasa.config import ENV_FILE_VARIABLE, Settings
 
-    return {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env[ENV_FILE_VARIABLE] = ""
+    return env
 
 
 def time_imports() -> float:

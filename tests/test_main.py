@@ -49,11 +49,18 @@ def port_open(port: int) -> bool:
 
 
 class MainProcess:
-    """`python main.py ...` in its own folder (no .env of the checkout), logging to a file."""
+    """`python main.py ...` in its own folder, logging to a file.
+
+    LLASA_ENV_FILE="" keeps every .env file out (the checkout's, which ./start.sh creates, and the working
+    folder's), so only the environment given here configures the process. The working folder holds a .env with
+    API_KEY set on purpose: the SIGTERM test's requests without a key prove that no .env file leaks in.
+    """
 
     def __init__(self, tmp_path: Path, tiny_models: Path, args: list[str], **overrides: str) -> None:
         self.ports = {name: int(overrides.pop(name, 0)) or free_port() for name in ("UI_PORT", "API_PORT", "MCP_PORT")}
         env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+        (tmp_path / ".env").write_text("API_KEY=from-a-stray-env-file\n")
+        env["LLASA_ENV_FILE"] = ""
         env.update(
             HOST="127.0.0.1",
             DEVICE="cpu",
@@ -133,11 +140,12 @@ def test_unknown_front_end_is_refused() -> None:
 
 def test_an_invalid_setting_is_a_clear_error(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
-    (tmp_path / ".env").write_text("MAX_QUEUE=lots\n")
+    env_file = tmp_path / "bad.env"
+    env_file.write_text("MAX_QUEUE=lots\n")
     result = subprocess.run(
         [sys.executable, str(REPO / "main.py")],
         cwd=tmp_path,
-        env={**env, "UI_PORT": "99999"},
+        env={**env, "UI_PORT": "99999", "LLASA_ENV_FILE": str(env_file)},
         capture_output=True,
         text=True,
         timeout=60,
@@ -147,6 +155,19 @@ def test_an_invalid_setting_is_a_clear_error(tmp_path: Path) -> None:
     assert "invalid configuration (environment or .env; see .env.example)" in result.stderr
     assert "ui_port" in result.stderr
     assert "max_queue" in result.stderr
+
+
+def test_the_env_file_named_by_llasa_env_file_configures_the_service(
+    launch: Callable[..., MainProcess], tmp_path: Path
+) -> None:
+    """main.py reads settings through load_settings(): the file LLASA_ENV_FILE names is used (here: API_KEY)."""
+    env_file = tmp_path / "chosen.env"
+    env_file.write_text("API_KEY=secret\n")
+    process = launch("--only", "api", LLASA_ENV_FILE=str(env_file))
+    process.wait_ready()
+    status = f"{process.api}/api/gpu/status"
+    assert requests.get(status, timeout=10).status_code == 401
+    assert requests.get(status, headers={"Authorization": "Bearer secret"}, timeout=10).status_code == 200
 
 
 def test_a_taken_port_is_a_clear_error(launch: Callable[..., MainProcess]) -> None:

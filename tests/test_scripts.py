@@ -481,7 +481,9 @@ def test_local_demo_start_synthesise_everywhere_stop(tmp_path: Path) -> None:
     # A machine without a usable GPU, whatever this one has: the service runs on the CPU.
     no_gpu = fake_nvidia_smi(tmp_path, "No devices were found\n", exit_code=6)
     ports = {"UI_PORT": free_port(), "API_PORT": free_port(), "MCP_PORT": free_port()}
-    env = {k: v for k, v in os.environ.items() if k not in {"GPU_ID", "LLASA_MODEL", "DEVICE"}}
+    # LLASA_ENV_FILE unset: the service reads the .env (and .env.demo is not used locally) that start.sh writes in
+    # this copy of the checkout, as it would for a user; the developer's own checkout is never touched.
+    env = {k: v for k, v in os.environ.items() if k not in {"GPU_ID", "LLASA_MODEL", "DEVICE", "LLASA_ENV_FILE"}}
     env.update(current_venv_env(), HOST="127.0.0.1", START_TIMEOUT_S="400", PATH=f"{no_gpu}:{os.environ['PATH']}")
     env.update({name: str(port) for name, port in ports.items()})
     try:
