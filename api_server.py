@@ -628,7 +628,7 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
             description: the model produced nothing usable, or an internal error
             schema: {$ref: '#/definitions/Error'}
           503:
-            description: the GPU stayed busy too long, or a model cannot be loaded (see Retry-After)
+            description: GPU busy too long (busy, with Retry-After), or a model cannot load (model_unavailable)
             schema: {$ref: '#/definitions/Error'}
         """
         fields, files = read_body()
