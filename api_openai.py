@@ -173,8 +173,11 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
                 model: {type: string, example: tts-1, description: 'any id of GET /v1/models (all mean Llasa)'}
                 input: {type: string, description: 'the text to speak (at most MAX_TEXT_CHARS)'}
                 voice:
-                  description: 'a saved voice name, {"id": name}, or an OpenAI built-in name (alloy, echo...)'
-                  type: string
+                  description: >-
+                    a string (a saved voice name, or an OpenAI built-in name such as alloy: the model's own voice
+                    unless a saved voice has that name) or an object {"id": "<saved voice name>"}; no type is
+                    declared because Swagger 2.0 cannot say "string or object"
+                  example: alloy
                 instructions: {type: string, description: accepted and ignored}
                 response_format: {type: string, enum: [mp3, opus, aac, flac, wav, pcm], default: mp3}
                 speed: {type: number, minimum: 0.25, maximum: 4.0, default: 1.0}
@@ -254,15 +257,16 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
     @app.post("/v1/audio/transcriptions")
     def transcriptions() -> Response:
         """Transcribe audio (OpenAI-compatible): json, text, srt, vtt or verbose_json.
+        A JSON body works too, with `file` as base64 text or a data: URL (same fields, same limits).
         ---
         tags: [openai]
-        consumes: [multipart/form-data]
+        consumes: [multipart/form-data, application/json]
         parameters:
           - in: formData
             name: file
             type: file
             required: true
-            description: audio file (wav, flac, mp3, ogg, m4a, webm)
+            description: audio file (wav, flac, mp3, ogg, m4a, webm); in a JSON body, base64 text or a data URL
           - in: formData
             name: model
             type: string
@@ -381,9 +385,10 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
     @app.post("/v1/audio/voices")
     def create_voice() -> tuple[Response, int]:
         """Save a voice from an audio sample: trimmed 16 kHz reference, transcript (given or transcribed), codes.
+        A JSON body works too, with `audio_sample` as base64 text or a data: URL (same fields, same limits).
         ---
         tags: [voices]
-        consumes: [multipart/form-data]
+        consumes: [multipart/form-data, application/json]
         parameters:
           - in: formData
             name: name
@@ -394,7 +399,7 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
             name: audio_sample
             type: file
             required: true
-            description: the reference recording (0.5 s or more)
+            description: the reference recording (0.5 s or more); in a JSON body, base64 text or a data URL
           - in: formData
             name: transcript
             type: string

@@ -90,6 +90,14 @@ SWAGGER_DEFINITIONS: dict[str, Any] = {
             "warnings": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "TTSJsonResponse": {
+        "type": "object",
+        "description": "POST /api/tts?response=json: the synthesis facts and where to download the audio",
+        "properties": {
+            "result": {"$ref": "#/definitions/SynthesisFacts"},
+            "output": {"$ref": "#/definitions/Output"},
+        },
+    },
     "Output": {
         "type": "object",
         "properties": {
@@ -455,15 +463,16 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
     @app.post("/api/transcribe")
     def transcribe() -> Response:
         """Transcribe speech in an uploaded audio file with faster-whisper.
+        A JSON body works too, with `audio` as base64 text or a data: URL (same fields, same limits).
         ---
         tags: [speech]
-        consumes: [multipart/form-data]
+        consumes: [multipart/form-data, application/json]
         parameters:
           - in: formData
             name: audio
             type: file
             required: true
-            description: audio file (wav, flac, mp3, ogg/opus, m4a, webm)
+            description: audio file (wav, flac, mp3, ogg/opus, m4a, webm); in a JSON body, base64 text or a data URL
           - in: formData
             name: language
             type: string
@@ -506,10 +515,12 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
         """Synthesise speech, cloning the voice of a reference clip or a saved voice.
         Send multipart/form-data (reference_audio as a file) or JSON (reference_audio as base64 text).
         Returns the audio itself with X- headers (duration, sample rate, transcript used, timings);
-        with ?response=json the same facts and a download URL instead; with ?async=true a job (202).
+        with ?response=json the same facts and a download URL instead (200 body:
+        {"result": SynthesisFacts, "output": Output}, see definitions/TTSJsonResponse); with ?async=true a job (202).
+        A JSON body takes the same fields as the form below, with reference_audio as base64 text or a data: URL.
         ---
         tags: [speech]
-        consumes: [multipart/form-data, application/x-www-form-urlencoded]
+        consumes: [multipart/form-data, application/x-www-form-urlencoded, application/json]
         produces: [audio/wav, audio/flac, audio/mpeg, audio/ogg, audio/aac, audio/pcm, application/json]
         parameters:
           - in: query
@@ -532,7 +543,7 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
             name: reference_audio
             type: file
             required: false
-            description: voice to clone (0.5 s or more; trimmed to MAX_REFERENCE_SECONDS)
+            description: voice to clone (0.5 s or more; trimmed to MAX_REFERENCE_SECONDS); JSON body, base64 text
           - in: formData
             name: reference_text
             type: string
@@ -583,8 +594,9 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
           - in: formData
             name: sample_rate
             type: integer
+            enum: [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000]
             required: false
-            description: output rate in Hz (8000..48000); default 16000
+            description: output rate in Hz, default 16000; opus takes only 8000, 12000, 16000, 24000 or 48000 (else 400)
         responses:
           200:
             description: the audio (or, with response=json, its facts and download URL)

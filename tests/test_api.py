@@ -756,6 +756,15 @@ def test_swagger_spec_is_valid_and_covers_every_route(api: Api) -> None:
             assert operation["responses"], f"{method} {path} documents no responses"
             for name in re.findall(r"<(?:\w+:)?(\w+)>", rule.rule):
                 assert any(p["name"] == name and p["in"] == "path" for p in operation.get("parameters", []))
+    tts = spec["paths"]["/api/tts"]["post"]
+    assert "application/json" in tts["consumes"]
+    rate = next(p for p in tts["parameters"] if p["name"] == "sample_rate")
+    assert rate["enum"] == [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000]
+    assert "TTSJsonResponse" in spec["definitions"]
+    for path in ("/api/transcribe", "/v1/audio/transcriptions", "/v1/audio/voices"):  # base64 in JSON bodies
+        assert "application/json" in spec["paths"][path]["post"]["consumes"], path
+    speech_voice = spec["paths"]["/v1/audio/speech"]["post"]["parameters"][0]["schema"]["properties"]["voice"]
+    assert "type" not in speech_voice  # a string or {"id": ...}
     docs = api.get("/apidocs/")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
