@@ -12,7 +12,6 @@ tables) follows the request's Accept-Language header. No torch here: the UI only
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 import signal
@@ -25,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from llasa.config import Settings
-from llasa.errors import Busy, Cancelled, TTSError
-from llasa.types import GenerationParams
+from llasa.config import Settings, load_settings
+from llasa.errors import AudioTooShort, Busy, Cancelled, SilentAudio, TTSError
+from llasa.types import SAMPLE_RATE, GenerationParams
 from ui_i18n import STRINGS, language_of, static_translations, text
 
 if TYPE_CHECKING:
@@ -163,9 +162,9 @@ class _WebUI:
     def _error(lang: str, message: str, code: str = "invalid_input") -> gr.Error:
         title_key = f"error_{code}"
         title = text(lang, title_key if title_key in STRINGS["en"] else "error_title")
-        # gradio's toast shows the message (HTML) under a generic "Error": lead with the localised title.
-        body = f"<strong>{html.escape(title)}</strong><br>{html.escape(message)}"
-        return gr.Error(body, title=title, print_exception=False)
+        # gradio's toast heading is its own untranslated "Error", so the message leads with the localised title.
+        # Plain text, not HTML: gradio_client users read this string as it is.
+        return gr.Error(f"{title}: {message}", title=title, print_exception=False)
 
     @contextmanager
     def _user_errors(self, lang: str) -> Iterator[None]:
@@ -210,16 +209,55 @@ class _WebUI:
 
     # --- synthesis ----------------------------------------------------------------------------------------
 
-    def transcribe(self, audio: str | None, language: str | None, request: gr.Request) -> str:
-        """Transcribe a clip with faster-whisper; returns the text (empty when no speech was found)."""
-        lang = _lang(request)
+    def _transcribe_reference(self, audio: str | None, language: str | None, lang: str) -> tuple[str, float | None]:
+        """The transcript of the part of a reference clip that synthesis will use, and the kept seconds when the
+        clip is trimmed (None when it is used whole), so the transcript box matches what the model hears."""
+        from llasa.audio import encode_audio, prepare_reference
+
         if not audio:
             raise self._error(lang, text(lang, "need_audio"))
+        kept_s: float | None = None
+        source: str | bytes = audio
         with self._user_errors(lang):
-            result = self.service.transcribe(audio, language=language or None)
+            try:
+                prepared = prepare_reference(
+                    audio,
+                    max_seconds=self.settings.max_reference_seconds,
+                    min_seconds=self.settings.min_reference_seconds,
+                    max_bytes=self.settings.max_upload_bytes,
+                )
+            except (AudioTooShort, SilentAudio):
+                # Transcribe it whole as before: silence gives the "no speech" hint below, and synthesis
+                # reports the clip's problem with its own clear error.
+                prepared = None
+            if prepared is not None and prepared.trimmed:
+                # Exactly the samples the service keeps (and transcribes itself when it trims).
+                source = encode_audio(prepared.samples, SAMPLE_RATE, "wav")
+                kept_s = len(prepared.samples) / SAMPLE_RATE
+            result = self.service.transcribe(source, language=language or None)
         if not result.text.strip():
             gr.Warning(text(lang, "no_speech"))
-        return result.text.strip()
+        return result.text.strip(), kept_s
+
+    def _trim_notice(self, lang: str, kept_s: float) -> str:
+        return (
+            "> "
+            + text(lang, "trimmed_notice", max_s=self.settings.max_reference_seconds, kept_s=kept_s)
+            + " "
+            + text(lang, "transcript_redone", kept_s=kept_s)
+        )
+
+    def transcribe(self, audio: str | None, language: str | None, request: gr.Request) -> str:
+        """Transcribe a reference clip with faster-whisper; returns the text (empty when no speech was found).
+        A clip longer than MAX_REFERENCE_SECONDS is transcribed for the part that synthesis keeps."""
+        lang = _lang(request)
+        return self._transcribe_reference(audio, language, lang)[0]
+
+    def transcribe_upload(self, audio: str | None, language: str | None, request: gr.Request) -> tuple[str, str]:
+        """A new clip's transcript (of the part that is kept) and the trim notice (empty when not trimmed)."""
+        lang = _lang(request)
+        transcript, kept_s = self._transcribe_reference(audio, language, lang)
+        return transcript, "" if kept_s is None else self._trim_notice(lang, kept_s)
 
     def _voice_arguments(
         self, lang: str, voice_mode: str, reference_audio: str | None, reference_text: str | None, voice: str | None
@@ -306,9 +344,7 @@ class _WebUI:
         # Plain values (not gr.update) throughout, so gradio_client callers get strings and files back.
         notice = ""
         if result.reference_trimmed:
-            notice = "> " + text(
-                lang, "trimmed_notice", max_s=self.settings.max_reference_seconds, kept_s=result.reference_seconds
-            )
+            notice = self._trim_notice(lang, result.reference_seconds)
         if voice_mode == MODE_SAVED:
             voice_label = voice or ""
         elif voice_mode == MODE_NONE:
@@ -329,9 +365,11 @@ class _WebUI:
         )
         del history[HISTORY_LIMIT:]
         # Fill the transcript box with what the model was conditioned on when the user left it empty.
+        # A trimmed clip's transcript was redone by the service for the kept part: show that one, so the box
+        # and "Transcript used" agree.
         transcript = reference_text or ""
-        if voice_mode == MODE_REFERENCE and not transcript.strip():
-            transcript = result.reference_text
+        if voice_mode == MODE_REFERENCE and (not transcript.strip() or result.reference_trimmed):
+            transcript = result.reference_text or transcript
         return (
             str(playable.path),
             str(download.path),
@@ -344,7 +382,7 @@ class _WebUI:
         )
 
     def _facts_markdown(self, result: SynthesisResult, lang: str, url: str) -> str:
-        stages = ("transcribe", "encode", "generate", "decode", "total")
+        stages = ("load", "transcribe", "encode", "generate", "decode", "total")
         timings = " · ".join(
             f"{text(lang, 'stage_name_' + stage)} {result.timings_s[stage]:.2f} s"
             for stage in stages
@@ -364,10 +402,14 @@ class _WebUI:
         if result.reference_text:
             lines.append(f"\n**{text(lang, 'fact_reference_text')}**: {_md(result.reference_text)}")
         lines.append(f"\n**{text(lang, 'fact_link')}**: `{url}`")
-        warnings = [w for w in getattr(result, "warnings", []) or [] if w]
-        if warnings:
+        notes = [_md(w) for w in getattr(result, "warnings", []) or [] if w]
+        if result.reference_trimmed:
+            # The service's trim note is English; the UI says the same in the page's language.
+            notes = [n for n in notes if "trimmed" not in n]
+            notes.insert(0, self._trim_notice(lang, result.reference_seconds).removeprefix("> "))
+        if notes:
             lines.append(f"\n**{text(lang, 'fact_notes')}**:")
-            lines.extend(f"- {_md(w)}" for w in warnings)
+            lines.extend(f"- {n}" for n in notes)
         return "\n".join(lines)
 
     @staticmethod
@@ -443,14 +485,24 @@ class _WebUI:
         return message, table, synth_picker, library_picker
 
     def preview_voice(self, name: str | None, request: gr.Request) -> tuple[str | None, str]:
-        """A saved voice's reference clip and transcript."""
+        """A saved voice's reference clip and transcript (editable on the page)."""
         lang = _lang(request)
         if not name:
             return None, ""
         with self._user_errors(lang):
             info = self.service.get_voice(name)
             path = self.service.voice_audio_path(name)
-        return str(path), f"**{text(lang, 'col_transcript')}**: {_md(info.transcript)}"
+        return str(path), info.transcript
+
+    def update_voice(self, name: str | None, transcript: str | None, request: gr.Request) -> tuple[str, str, str]:
+        """Replace a saved voice's transcript (the words spoken in its clip); no model work."""
+        lang = _lang(request)
+        if not name:
+            raise self._error(lang, text(lang, "need_voice"), "voice_not_found")
+        with self._user_errors(lang):
+            info = self.service.update_voice(name, transcript or "")
+            table, _synth_picker, _library_picker = self._voice_views(lang, selected=info.name)
+        return text(lang, "voice_updated", name=_md(info.name)), table, info.transcript
 
     def delete_voice(self, name: str | None, request: gr.Request) -> tuple[str, str, Any, Any, None, str]:
         """Delete a saved voice from the shared library."""
@@ -657,6 +709,8 @@ class _WebUI:
                 '    voice_mode="reference",',
                 '    reference_audio=handle_file("reference.wav"),',
                 '    reference_text="",  # empty: transcribed on the server',
+                '    voice=None,  # or a saved voice\'s name, with voice_mode="saved"',
+                '    language="auto",',
                 '    text_input="Hello from Llasa.",',
                 '    api_name="/synthesize",',
                 ")",
@@ -748,6 +802,9 @@ def create_ui(service: TTSService, settings: Settings) -> gr.Blocks:
                             voice = gr.Dropdown(
                                 [],
                                 value=None,
+                                # Choices are filled per browser session; API callers (and voices saved over
+                                # REST or MCP since) name any voice: the service refuses unknown ones clearly.
+                                allow_custom_value=True,
                                 label=t("saved_voice"),
                                 info=t("saved_voice_info"),
                                 scale=4,
@@ -855,7 +912,9 @@ def create_ui(service: TTSService, settings: Settings) -> gr.Blocks:
                 voice_table = gr.Markdown(elem_id="voice-table")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        library_voice = gr.Dropdown([], value=None, label=t("voice_pick"))
+                        library_voice = gr.Dropdown(
+                            [], value=None, label=t("voice_pick"), allow_custom_value=True, elem_id="library-voice"
+                        )
                         with gr.Row():
                             refresh_library_btn = gr.Button(t("refresh"), size="sm")
                             delete_voice_btn = gr.Button(t("delete_btn"), variant="stop", size="sm")
@@ -867,7 +926,13 @@ def create_ui(service: TTSService, settings: Settings) -> gr.Blocks:
                             waveform_options=gr.WaveformOptions(show_recording_waveform=False),
                             elem_id="preview-audio",
                         )
-                        preview_text = gr.Markdown()
+                        preview_text = gr.Textbox(
+                            label=t("voice_transcript"),
+                            info=t("voice_transcript_info"),
+                            lines=3,
+                            elem_id="voice-transcript",
+                        )
+                        update_voice_btn = gr.Button(t("update_voice_btn"), size="sm", elem_id="update-voice")
 
             # --- GPU ------------------------------------------------------------------------------------
             with gr.Tab(t("tab_gpu"), id="gpu") as gpu_tab:
@@ -941,14 +1006,14 @@ def create_ui(service: TTSService, settings: Settings) -> gr.Blocks:
             (reference_audio.stop_recording, "transcribe_recording"),
         ):
             trigger(
-                ui.transcribe,
+                ui.transcribe_upload,
                 inputs=[reference_audio, language],
-                outputs=[reference_text],
+                outputs=[reference_text, notice],
                 api_name=name,
                 api_visibility="private",
                 **gpu,
             )
-        reference_audio.clear(lambda: "", outputs=[reference_text], api_visibility="private", **light)
+        reference_audio.clear(lambda: ("", ""), outputs=[reference_text, notice], api_visibility="private", **light)
         generate = generate_btn.click(
             ui.synthesize,
             inputs=[
@@ -1008,6 +1073,13 @@ def create_ui(service: TTSService, settings: Settings) -> gr.Blocks:
             inputs=[library_voice],
             outputs=[preview_audio, preview_text],
             api_name="preview_voice",
+            **light,
+        )
+        update_voice_btn.click(
+            ui.update_voice,
+            inputs=[library_voice, preview_text],
+            outputs=[voice_message, voice_table, preview_text],
+            api_name="update_voice",
             **light,
         )
         delete_voice_btn.click(
@@ -1102,7 +1174,7 @@ def main() -> None:
     """Run the web UI alone: Settings -> logging -> TTSService -> gradio (REST and MCP are main.py's)."""
     from llasa.service import TTSService
 
-    settings = Settings()
+    settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     # gradio polls its own server with httpx while starting: one line per poll at INFO.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -85,6 +85,10 @@ _EN: dict[str, str] = {
     "voice_pick": "Voice",
     "preview_audio": "Preview",
     "delete_btn": "Delete this voice",
+    "voice_transcript": "Transcript of this voice",
+    "voice_transcript_info": "The exact words spoken in the voice's clip; fix them here and save.",
+    "update_voice_btn": "Save transcript",
+    "voice_updated": "Transcript of voice **{name}** saved.",
     # --- GPU -------------------------------------------------------------------------------------------------
     "gpu_intro_md": (
         "Models sit on the GPU only while they work: after a request they move to CPU RAM (fast to bring back) "
@@ -152,6 +156,7 @@ _EN: dict[str, str] = {
     "fact_timings": "Stage timings",
     "fact_link": "Download link (REST)",
     "fact_notes": "Notes",
+    "stage_name_load": "load models",
     "stage_name_transcribe": "transcribe",
     "stage_name_encode": "encode",
     "stage_name_generate": "generate",
@@ -161,6 +166,7 @@ _EN: dict[str, str] = {
         "⚠️ The reference clip was longer than {max_s:g} s, so only its first {kept_s:.1f} s were used "
         "(the model was trained on clips up to {max_s:g} s)."
     ),
+    "transcript_redone": "The transcript was made for the part that is used (the kept {kept_s:.1f} s).",
     "col_time": "Time",
     "col_text": "Text",
     "col_voice": "Voice",
@@ -286,6 +292,10 @@ _ZH: dict[str, str] = {
     "voice_pick": "音色",
     "preview_audio": "试听",
     "delete_btn": "删除此音色",
+    "voice_transcript": "该音色的参考文本",
+    "voice_transcript_info": "音色音频中逐字说出的内容；可在此修改后保存。",
+    "update_voice_btn": "保存参考文本",
+    "voice_updated": "音色 **{name}** 的参考文本已保存。",
     "gpu_intro_md": (
         "模型只在工作时占用 GPU：请求结束后移到 CPU 内存（可快速恢复），空闲更久后完全释放。本面板每隔几秒自动刷新。"
     ),
@@ -342,6 +352,7 @@ _ZH: dict[str, str] = {
     "fact_timings": "各阶段耗时",
     "fact_link": "下载链接（REST）",
     "fact_notes": "提示",
+    "stage_name_load": "加载模型",
     "stage_name_transcribe": "识别",
     "stage_name_encode": "编码",
     "stage_name_generate": "生成",
@@ -350,6 +361,7 @@ _ZH: dict[str, str] = {
     "trimmed_notice": (
         "⚠️ 参考音频超过 {max_s:g} 秒，只使用了前 {kept_s:.1f} 秒（模型训练时使用的参考音频最长 {max_s:g} 秒）。"
     ),
+    "transcript_redone": "参考文本按实际使用的部分（保留的 {kept_s:.1f} 秒）重新识别。",
     "col_time": "时间",
     "col_text": "文本",
     "col_voice": "音色",

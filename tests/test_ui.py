@@ -6,6 +6,8 @@ a Python user would, and check the files, tables and errors that come back.
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import socket
 import subprocess
@@ -109,6 +111,23 @@ def test_language_follows_accept_language(header: str | None, expected: str) -> 
     assert ui_i18n.language_of(header) == expected
 
 
+def test_main_reads_the_env_file_named_by_llasa_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / "ui.env"
+    env_file.write_text("GRADIO_AUTH=no-colon-here\n")
+    done = subprocess.run(
+        [sys.executable, "app.py"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LLASA_ENV_FILE": str(env_file)},
+    )
+    # The bad value from that file stops the start with a clear message (Settings() alone never read it).
+    assert done.returncode != 0
+    assert "GRADIO_AUTH" in done.stderr
+
+
 def test_gradio_auth_parsing() -> None:
     assert app.parse_gradio_auth("") is None
     assert app.parse_gradio_auth("admin:pa:ss") == ("admin", "pa:ss")
@@ -136,7 +155,7 @@ def test_gpu_events_share_one_queue_of_one(ui: SimpleNamespace) -> None:
         assert by_name[name].concurrency_id == app.GPU_CONCURRENCY_ID, name
         assert by_name[name].concurrency_limit == 1, name
     # Auto-transcription on upload / end of recording runs the model too: same group.
-    transcribers = [fn for fn in fns if getattr(fn.fn, "__name__", "") == "transcribe"]
+    transcribers = [fn for fn in fns if getattr(fn.fn, "__name__", "") in ("transcribe", "transcribe_upload")]
     assert len(transcribers) == 3
     assert {fn.concurrency_id for fn in transcribers} == {app.GPU_CONCURRENCY_ID}
     assert ui.demo._queue.max_size == ui.settings.max_queue
@@ -154,6 +173,7 @@ def test_synthesize_with_a_reference_file(ui: SimpleNamespace, audio_dir: Path) 
     assert Path(download).suffix == ".wav"
     assert "Seed" in facts
     assert "| 7 |" in facts
+    assert "load models" in facts  # the time spent loading the models is a stage of its own
     assert "/api/outputs/" in facts
     # The transcript box was empty, so it shows what the model was conditioned on (tiny Whisper's words).
     assert transcript
@@ -176,10 +196,42 @@ def test_synthesize_mp3_keeps_a_wav_player_and_lists_the_session(ui: SimpleNames
 def test_a_long_reference_is_trimmed_with_a_notice(ui: SimpleNamespace, audio_dir: Path) -> None:
     reference = handle_file(str(audio_dir / "en_long_22k.ogg"))  # 24 s; MAX_REFERENCE_SECONDS is 15
     outputs = _synthesize(ui.client, reference_audio=reference, reference_text="Words for the whole clip.")
-    notice, facts = outputs[3], outputs[2]
+    notice, facts, transcript = outputs[3], outputs[2], outputs[6]
     assert "longer than 15 s" in notice
     assert re.search(r"first 1[45]\.\d s", notice)  # what was kept (cut at 15 s or just before)
-    assert "trimmed" in facts  # the service's own note is listed with the facts
+    assert "longer than 15 s" in facts  # listed with the facts too, in the page's language
+    # The service redid the transcript for the kept part: the box now shows that one, not the whole clip's.
+    assert transcript != "Words for the whole clip."
+    assert transcript.strip()
+    used = facts.split("**Transcript used**: ", 1)[1].split("\n", 1)[0]
+    assert used == app._md(transcript)
+
+
+def test_uploading_a_long_clip_transcribes_only_the_kept_part(ui: SimpleNamespace, audio_dir: Path) -> None:
+    heard: list[object] = []
+    original = ui.service.transcribe
+
+    def recording(audio: object, **kwargs: object) -> object:
+        heard.append(audio)
+        return original(audio, **kwargs)
+
+    handlers = app._WebUI(ui.service, ui.settings, ["wav"])
+    ui.service.transcribe = recording
+    try:
+        transcript, notice = handlers.transcribe_upload(str(audio_dir / "en_long_22k.ogg"), "auto", None)
+        short_transcript, short_notice = handlers.transcribe_upload(str(audio_dir / "en_16k_mono.wav"), "en", None)
+    finally:
+        del ui.service.transcribe
+    assert "longer than 15 s" in notice
+    assert "transcript was made for the part that is used" in notice
+    assert isinstance(heard[0], bytes)  # the kept part, not the 24 s file
+    kept = soundfile.info(io.BytesIO(heard[0]))
+    assert kept.samplerate == 16000
+    assert 14.0 <= kept.duration <= 15.0
+    assert isinstance(transcript, str)
+    assert short_notice == ""
+    assert heard[1] == str(audio_dir / "en_16k_mono.wav")  # a short clip is transcribed as it is
+    assert short_transcript.strip()
 
 
 def test_synthesize_with_a_saved_voice(ui: SimpleNamespace, audio_dir: Path) -> None:
@@ -212,6 +264,19 @@ def test_synthesize_with_a_saved_voice(ui: SimpleNamespace, audio_dir: Path) -> 
     assert soundfile.info(preview).samplerate == 16000
     assert "A saved transcript" in transcript_md
 
+    message, table, transcript = ui.client.predict(
+        name="Alice 1", transcript="  A corrected   transcript. ", api_name="/update_voice"
+    )
+    assert "Alice 1" in message
+    assert transcript == "A corrected transcript."
+    assert "A corrected transcript" in table
+    assert ui.service.get_voice("Alice 1").transcript == "A corrected transcript."
+    with pytest.raises(AppError, match="transcript is empty"):
+        ui.client.predict(name="Alice 1", transcript="  ", api_name="/update_voice")
+    with pytest.raises(AppError, match="Nobody"):
+        ui.client.predict(name="Nobody", transcript="Words.", api_name="/update_voice")
+    assert ui.service.get_voice("Alice 1").transcript == "A corrected transcript."
+
     message, table, *_ = ui.client.predict(name="Alice 1", api_name="/delete_voice")
     assert "Alice 1" in message
     assert ui.service.list_voices() == []
@@ -219,10 +284,39 @@ def test_synthesize_with_a_saved_voice(ui: SimpleNamespace, audio_dir: Path) -> 
         _synthesize(ui.client, voice_mode="saved", voice="Alice 1")
 
 
+def test_a_voice_saved_elsewhere_works_from_a_fresh_client(ui: SimpleNamespace, audio_dir: Path) -> None:
+    """A voice made over REST or MCP (here: the service itself) is usable at once by a new gradio_client."""
+    ui.service.create_voice("narrator", audio_dir / "en_16k_mono.wav", "Words of the narrator.")
+    fresh = Client(ui.url, verbose=False, analytics_enabled=False, download_files=str(ui.root / "fresh"))
+    try:
+        outputs = _synthesize(fresh, voice_mode="saved", voice="narrator", seed=5)
+        assert soundfile.info(outputs[0]).samplerate == 16000
+        assert "narrator" in outputs[2]
+        _preview, transcript = fresh.predict(name="narrator", api_name="/preview_voice")
+        assert transcript == "Words of the narrator."
+        with pytest.raises(AppError, match="nobody"):  # the service's own clear refusal
+            _synthesize(fresh, voice_mode="saved", voice="nobody")
+    finally:
+        fresh.close()
+        ui.service.delete_voice("narrator")
+
+
+def test_the_python_example_runs(ui: SimpleNamespace, audio_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _curl, _mcp, python = app._WebUI(ui.service, ui.settings, ["wav"]).connection_examples(None)
+    assert 'handle_file("reference.wav")' in python
+    code = python.replace('"reference.wav"', repr(str(audio_dir / "en_16k_mono.wav")))
+    exec(compile(code, "<python example>", "exec"), {})  # the page's own example, run as a user would
+    printed = capsys.readouterr().out
+    assert ".wav" in printed
+    assert "Seed" in printed
+
+
 def test_errors_are_readable_messages(ui: SimpleNamespace, audio_dir: Path) -> None:
     with pytest.raises(AppError, match="text is empty") as caught:
         _synthesize(ui.client, voice_mode="none", text_input="   ")
     assert "Traceback" not in str(caught.value)
+    assert "<" not in str(caught.value)  # plain text for gradio_client users, no HTML
+    assert str(caught.value).startswith("Please check the input: ")
     with pytest.raises(AppError, match="limit is 5000"):
         _synthesize(ui.client, voice_mode="none", text_input="a" * 5001)
     with pytest.raises(AppError, match="reference clip"):
@@ -265,6 +359,31 @@ def test_cancel_stops_a_running_synthesis(ui: SimpleNamespace) -> None:
     status = ui.service.gpu_status()
     assert status["queue"]["busy"] is False
     assert all(model["leases"] == 0 for model in status["models"].values())
+
+
+def test_chinese_visitors_get_chinese_errors_and_notes(ui: SimpleNamespace, audio_dir: Path) -> None:
+    chinese = Client(
+        ui.url,
+        verbose=False,
+        analytics_enabled=False,
+        headers={"Accept-Language": "zh-CN,zh;q=0.9"},
+        download_files=str(ui.root / "zh"),
+    )
+    try:
+        with pytest.raises(AppError) as caught:
+            _synthesize(chinese, voice_mode="none", text_input="   ")
+        assert str(caught.value).startswith("请检查输入: ")
+        assert "<" not in str(caught.value)
+        reference = handle_file(str(audio_dir / "en_long_22k.ogg"))
+        outputs = _synthesize(chinese, reference_audio=reference, reference_text="整段的文字。")
+    finally:
+        chinese.close()
+    notice, facts = outputs[3], outputs[2]
+    assert "参考音频超过 15 秒" in notice
+    notes = facts.split("**提示**:", 1)[1]
+    assert "参考音频超过 15 秒" in notes
+    assert "trimmed" not in notes  # the service's English note is replaced by the page's own words
+    assert "加载模型" in facts
 
 
 # --- transcription --------------------------------------------------------------------------------------------
