@@ -27,6 +27,11 @@ ARG XCODEC2_MODEL=HKUSTAudio/xcodec2-hf
 ARG WHISPER_MODEL=large-v3-turbo
 ARG APP_UID=1000
 
+# The base image sets NVIDIA_REQUIRE_CUDA=cuda>=12.8, so the NVIDIA runtime would refuse every driver older than
+# 570. CUDA 12 minor-version compatibility lets the CUDA 12.x builds of torch and CTranslate2 run on any driver
+# >= 525.60, as docs/docker.md promises: turn the runtime's check off (cu130 still needs a driver >= 580).
+ENV NVIDIA_DISABLE_REQUIRE=1
+
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
