@@ -5,11 +5,12 @@
 #   ./start.sh --local    run in the local virtualenv (background process, pid file + log file), never Docker
 #   ./start.sh --demo     use tiny random checkpoints (no GPU, no download; the audio is noise)
 #   ./start.sh --check    check the environment and configuration, start nothing
+#   ./start.sh --no-build Docker without building: use the image already there (offline hosts, docker load)
 #   ./stop.sh             stop whichever is running
 #
 # Environment: GPU_ID (which GPU; default: the most free memory), UI_PORT / API_PORT / MCP_PORT / HOST (override
 # .env), START_TIMEOUT_S (how long to wait for the three ports, default 300), DOCKER_RUNTIME=runc (Docker on the
-# CPU), DEMO_MODELS_DIR (where --local --demo writes the tiny checkpoints), LLASA_RUN_DIR (local pid + log,
+# CPU; also read from .env), DEMO_MODELS_DIR (where --local --demo writes the tiny checkpoints), LLASA_RUN_DIR (local pid + log,
 # default ./logs), LLASA_VENV / LLASA_CACHE_DIR / PYTHON (the local virtualenv, see scripts/venv.sh).
 set -euo pipefail
 
@@ -197,7 +198,8 @@ http_status() {
 }
 
 # Polls until /health answers 200 and the UI and MCP ports answer at all, or START_TIMEOUT_S passes. A second
-# argument names a pid that must stay alive (local mode).
+# argument names a pid that must stay alive (local mode). The MCP port is probed at / (a 404), as main.py does:
+# a request to /mcp itself would open an MCP session on every poll.
 wait_until_ready() {
   local host=$1 pid=${2:-} timeout_s=${START_TIMEOUT_S:-300} deadline
   local api ui mcp
@@ -212,7 +214,7 @@ wait_until_ready() {
     fi
     if [ "$(http_status "http://$host:$api/health")" = 200 ] &&
       [ "$(http_status "http://$host:$ui/")" != 000 ] &&
-      [ "$(http_status "http://$host:$mcp/mcp")" != 000 ]; then
+      [ "$(http_status "http://$host:$mcp/")" != 000 ]; then
       return 0
     fi
     sleep 1
@@ -256,8 +258,43 @@ check_ports_free() {
   done
 }
 
+container_folders=(models_cache outputs temp voices demo_models)
+
 make_folders() {
-  (cd "$repo_dir" && mkdir -p models_cache outputs temp voices demo_models)
+  (cd "$repo_dir" && mkdir -p "${container_folders[@]}")
+}
+
+# Writes the user and group the container runs as (docker-compose.yml's LLASA_UID / LLASA_GID): the caller's,
+# so the files in the mounted folders stay theirs, but never root: run as root, start.sh uses 1000:1000 (the
+# image's user) and gives it the folders.
+set_container_user() {
+  local uid gid
+  uid=$(id -u)
+  gid=$(id -g)
+  if [ "$uid" = 0 ]; then
+    uid=1000
+    gid=1000
+    say "running as root: the container runs as $uid:$gid instead, which now owns ${container_folders[*]}"
+    (cd "$repo_dir" && chown -R "$uid:$gid" "${container_folders[@]}") || die "could not chown the folders to $uid:$gid"
+  fi
+  set_env_value LLASA_UID "$uid"
+  set_env_value LLASA_GID "$gid"
+}
+
+# Warns when nvidia-smi lists a GPU but torch in the local virtualenv cannot use it (typically: the torch wheel
+# is a CUDA 13 build, which needs an NVIDIA driver >= 580), so that nobody waits for a GPU that is not used.
+warn_if_torch_lacks_the_gpu() {
+  local python_bin=$1 gpu=$2 torch_cuda driver
+  if torch_cuda=$(CUDA_VISIBLE_DEVICES=$gpu "$python_bin" -c \
+    'import sys, torch; print(torch.version.cuda or "none"); sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null); then
+    return 0
+  fi
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
+  warn "GPU $gpu is listed by nvidia-smi, but torch in the local virtualenv cannot use it
+  (torch.cuda.is_available() is False; torch is built for CUDA ${torch_cuda:-unknown}, the driver is ${driver:-unknown}):
+  the service will run on the CPU, which is slow with the real checkpoints.
+  torch's CUDA 13 builds need an NVIDIA driver >= 580: update the driver, or use Docker (./start.sh without
+  --local), whose image uses CUDA 12 builds that run on drivers >= 525.60."
 }
 
 # --- demo checkpoints ----------------------------------------------------------------------------------------
@@ -309,6 +346,9 @@ start_local() {
   fi
   check_ports_free || exit 1
   llasa_ensure_venv "$repo_dir" || die "the local virtualenv could not be prepared (see above)"
+  if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+    warn_if_torch_lacks_the_gpu "$LLASA_VENV_PYTHON" "$CUDA_VISIBLE_DEVICES"
+  fi
   if [ "$demo" = 1 ]; then
     local dir=${DEMO_MODELS_DIR:-$repo_dir/demo_models}
     build_demo_models "$LLASA_VENV_PYTHON" "$dir"
@@ -335,11 +375,14 @@ start_local() {
 }
 
 start_docker() {
-  local demo=$1 gpu status=0
+  local demo=$1 build=$2 gpu status=0 runtime
   ensure_env_file
   make_folders
+  runtime=$(config_value DOCKER_RUNTIME nvidia)
   if gpu=$(choose_gpu); then
-    if ! docker_has_nvidia_runtime && [ "${DOCKER_RUNTIME:-nvidia}" = nvidia ]; then
+    if [ "$runtime" != nvidia ]; then
+      warn "DOCKER_RUNTIME=$runtime (environment or .env): the container will not use the GPU; remove it from .env to use the GPU"
+    elif ! docker_has_nvidia_runtime; then
       die "Docker has no NVIDIA runtime. Install the NVIDIA Container Toolkit, then run
   sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker
 (https://docs.nvidia.com/datacenter/cloud-native/container-toolkit/latest/install-guide.html).
@@ -348,13 +391,27 @@ Or run on the CPU: DOCKER_RUNTIME=runc ./start.sh, or ./start.sh --local"
     set_env_value NVIDIA_VISIBLE_DEVICES "$gpu"
   else
     say "no usable NVIDIA GPU: the container will run on the CPU (slow with the real checkpoints)"
-    export DOCKER_RUNTIME=runc
+    # In .env too, so that a later `docker compose up` by hand also runs without the NVIDIA runtime.
+    set_env_value DOCKER_RUNTIME runc
+    runtime=runc
   fi
-  set_env_value LLASA_UID "$(id -u)"
-  set_env_value LLASA_GID "$(id -g)"
-  check_ports_free || exit 1
-  say "building the image (the first build downloads several GB)..."
-  compose build || die "docker compose build failed (see above)"
+  # Compose reads DOCKER_RUNTIME from the environment before .env: pass the value chosen here.
+  export DOCKER_RUNTIME=$runtime
+  set_container_user
+  if [ -n "$(compose ps -q 2>/dev/null || true)" ]; then
+    # Its own ports are taken by the running container; `up -d` recreates it where the configuration changed.
+    say "the container is already running: updating it"
+  else
+    check_ports_free || exit 1
+  fi
+  local up_args=(up -d)
+  if [ "$build" = 1 ]; then
+    say "building the image (the first build downloads several GB)..."
+    compose build || die "docker compose build failed (see above)"
+  else
+    say "--no-build: using the image already there (image tag: $(config_value LLASA_IMAGE_TAG latest))"
+    up_args+=(--no-build)
+  fi
   if [ "$demo" = 1 ]; then
     if [ "$(cat "$repo_dir/demo_models/.tiny-models-stamp" 2>/dev/null || true)" != "$(demo_stamp)" ]; then
       say "building tiny demo checkpoints in the image..."
@@ -368,7 +425,7 @@ Or run on the CPU: DOCKER_RUNTIME=runc ./start.sh, or ./start.sh --local"
   else
     rm -f "$demo_env_file"
   fi
-  compose up -d || die "docker compose up failed (see above)"
+  compose "${up_args[@]}" || die "docker compose up failed (see above)"
   wait_until_ready "$(url_host)" || status=$?
   if [ "$status" -ne 0 ]; then
     compose logs --tail 30 >&2 || true
@@ -456,15 +513,16 @@ PY
 
 # --- main ----------------------------------------------------------------------------------------------------
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 main() {
-  local local_mode=0 demo=0 check=0
+  local local_mode=0 demo=0 check=0 build=1
   while [ $# -gt 0 ]; do
     case "$1" in
     --local) local_mode=1 ;;
     --demo) demo=1 ;;
     --check) check=1 ;;
+    --no-build) build=0 ;;
     -h | --help)
       usage
       return 0
@@ -481,7 +539,7 @@ main() {
   if [ "$local_mode" = 1 ]; then
     start_local "$demo"
   elif docker_usable; then
-    start_docker "$demo"
+    start_docker "$demo" "$build"
   else
     say "$docker_problem: running the service directly in a local virtualenv instead."
     start_local "$demo"
