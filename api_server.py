@@ -14,6 +14,7 @@ import hmac
 import logging
 import math
 import re
+import signal
 import threading
 import time
 import uuid
@@ -41,7 +42,7 @@ from api_common import (
 )
 from llasa import __version__
 from llasa.audio import AUDIO_FORMATS, encode_audio, validate_output
-from llasa.config import Settings
+from llasa.config import Settings, load_settings
 from llasa.errors import Busy, InvalidInput, TTSError, Unauthorized
 from llasa.outputs import FORMAT_EXTENSIONS
 from llasa.types import SAMPLE_RATE
@@ -990,11 +991,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="address to bind (default: HOST)")
     parser.add_argument("--port", type=int, help="port (default: API_PORT)")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from llasa.service import TTSService
 
+    def exit_cleanly(signum: int, _frame: object) -> None:
+        # SIGTERM (docker stop, stop.sh) ends like Ctrl-C: the finally below releases every model.
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exit_cleanly)
     service = TTSService(settings)
+    service.manager.start_monitor()
     try:
         serve(create_app(service, settings), settings, host=args.host, port=args.port)
     finally:
