@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
+#: update_gpu_timeout called with nothing to change: the same words as POST /api/gpu/timeout.
+NOTHING_TO_CHANGE = "give at least one of idle_timeout_s, evict_timeout_s, offload_after_use"
 INSTRUCTIONS = """\
 Llasa text-to-speech with voice cloning (Chinese and English). generate_speech reads text aloud in the voice of a
 short reference recording (3-15 s, given as a file path or base64), of a saved voice (list_voices, create_voice),
@@ -137,6 +139,11 @@ class VoiceEntry(BaseModel):
     num_codes: int
     created_at: str
     codec_model: str = ""
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Things to tell the user about this voice, e.g. that its recording was trimmed and "
+        "re-transcribed (check the transcript and fix it with update_voice).",
+    )
 
 
 class VoiceList(BaseModel):
@@ -382,11 +389,10 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
                 other programs); false = keep it on the GPU for idle_timeout_s. Server default {gpu_offload_after_use}.
         """
         with _tool_errors("update_gpu_timeout"):
+            # The service accepts an empty change; this check is the front ends' own, worded as REST words it.
             if idle_timeout_s is None and evict_timeout_s is None and offload_after_use is None:
-                raise InvalidInput(
-                    "nothing to change; give idle_timeout_s, evict_timeout_s and/or offload_after_use",
-                    field="idle_timeout_s",
-                )
+                raise InvalidInput(NOTHING_TO_CHANGE, field="idle_timeout_s")
+            # Ranges and model names are the service's to check: its message reaches the caller unchanged.
             return service.set_timeouts(
                 idle_timeout_s=idle_timeout_s,
                 evict_timeout_s=evict_timeout_s,
@@ -416,7 +422,8 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         The recording is trimmed to {max_reference_seconds:g} s (MAX_REFERENCE_SECONDS), normalised and
         encoded once, so later syntheses with it start faster. Refused if the name is taken (delete_voice
         first to replace a voice). Returns JSON describing the saved voice (`name`, `transcript`,
-        `duration_s`, `num_codes`, `created_at`).
+        `duration_s`, `num_codes`, `created_at`) and `warnings` to pass on to the user (for example that a long
+        recording was trimmed and the kept part transcribed again: check that transcript).
 
         Args:
             name: 1-64 characters: letters (any script), digits, spaces, '_', '-', '.'; starts with a letter or
@@ -430,6 +437,23 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
             audio = read_audio(audio_path, audio_base64, "audio_path", "audio_base64", required=True)
             assert audio is not None
             info = service.create_voice(name, audio, transcript)
+            return VoiceEntry.model_validate(info.to_dict())
+
+    @tool(annotations=_ADDITIVE_IDEMPOTENT)
+    def update_voice(name: str, transcript: str) -> VoiceEntry:
+        """Correct the transcript of a saved voice; its recording stays as it is.
+
+        The transcript must match the voice's recording word for word (what is actually said, nothing more,
+        nothing less): the model continues from it, so a wrong transcript makes generate_speech with this voice
+        mispronounce or skip words. Use it when list_voices or create_voice shows a transcript with mistakes.
+        Returns JSON describing the voice with its new transcript.
+
+        Args:
+            name: The voice's name, as list_voices shows it.
+            transcript: The exact words spoken in the voice's recording.
+        """
+        with _tool_errors("update_voice"):
+            info = service.update_voice(name, transcript)
             return VoiceEntry.model_validate(info.to_dict())
 
     @tool(annotations=_DESTRUCTIVE)

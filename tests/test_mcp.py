@@ -34,10 +34,10 @@ from fastmcp.exceptions import McpError, ToolError
 
 from llasa.audio import validate_output
 from llasa.config import Settings
-from llasa.errors import InvalidInput, VoiceNotFound
+from llasa.errors import InvalidInput, NotFound, VoiceNotFound
 from llasa.service import TTSService
 from llasa.types import GenerationParams
-from mcp_server import create_http_server, create_mcp
+from mcp_server import NOTHING_TO_CHANGE, create_http_server, create_mcp
 
 REPO = Path(__file__).resolve().parent.parent
 AUDIO_DIR = REPO / "tests" / "data" / "audio"  # the conftest's `audio_dir`, for module-scoped fixtures
@@ -50,6 +50,7 @@ TOOLS = {
     "update_gpu_timeout",
     "list_voices",
     "create_voice",
+    "update_voice",
     "delete_voice",
 }
 REF_TRANSCRIPT = "The quick brown fox."
@@ -211,11 +212,15 @@ def test_tools_are_listed_with_schemas_descriptions_and_annotations(url: str, se
     for name in ("get_gpu_status", "list_voices", "transcribe_audio"):
         assert hints(name)["readOnlyHint"] is True, name
     assert hints("delete_voice")["destructiveHint"] is True
-    for name in ("generate_speech", "create_voice", "offload_gpu", "release_gpu", "update_gpu_timeout"):
+    for name in ("generate_speech", "create_voice", "update_voice", "offload_gpu", "release_gpu", "update_gpu_timeout"):
         assert hints(name)["readOnlyHint"] is False, name
         assert hints(name)["destructiveHint"] is False, name
     assert all(hints(name)["openWorldHint"] is False for name in TOOLS)
     assert tools["offload_gpu"].input_schema["properties"]["model"]["enum"] == ["llasa", "xcodec2", "whisper", None]
+    update = tools["update_voice"]
+    assert update.input_schema["required"] == ["name", "transcript"]
+    assert "word for word" in update.description
+    assert "warnings" in tools["create_voice"].output_schema["properties"]
 
 
 # --- generate_speech ------------------------------------------------------------------------------------------
@@ -434,7 +439,12 @@ def test_gpu_tools_change_and_report_model_state(url: str, service: TTSService, 
         assert set(everything["models"]) == {"llasa", "xcodec2", "whisper"}
     finally:
         service.set_timeouts(offload_after_use=settings.gpu_offload_after_use, idle_timeout_s=settings.gpu_idle_timeout)
-    assert "no model named 'gpt'" in run(call_error(url, "offload_gpu", {"model": "gpt"}))
+    # Model names are the service's to check: its message comes through unchanged.
+    for tool, action in (("offload_gpu", service.offload), ("release_gpu", service.release)):
+        with pytest.raises(NotFound) as unknown:
+            action("gpt")
+        assert "no model named 'gpt'" in unknown.value.message
+        assert run(call_error(url, tool, {"model": "gpt"})) == unknown.value.message
 
 
 def test_update_gpu_timeout(url: str, service: TTSService) -> None:
@@ -444,8 +454,12 @@ def test_update_gpu_timeout(url: str, service: TTSService) -> None:
         assert service.gpu_status()["settings"] == now
         assert 12.5 in now.values()
         assert -1 in now.values()
-        assert "nothing to change" in run(call_error(url, "update_gpu_timeout", {}))
-        assert "idle_timeout_s must be -1" in run(call_error(url, "update_gpu_timeout", {"idle_timeout_s": -5}))
+        assert run(call_error(url, "update_gpu_timeout", {})) == NOTHING_TO_CHANGE
+        for field in ("idle_timeout_s", "evict_timeout_s"):
+            with pytest.raises(InvalidInput) as out_of_range:
+                service.set_timeouts(**{field: -5.0})  # the tool takes a number: -5 arrives as -5.0
+            assert f"{field} must be -1" in out_of_range.value.message
+            assert run(call_error(url, "update_gpu_timeout", {field: -5})) == out_of_range.value.message
     finally:
         service.set_timeouts(
             **{k: before[k] for k in ("idle_timeout_s", "evict_timeout_s", "offload_after_use") if k in before}
@@ -461,6 +475,7 @@ def test_voice_library_round_trip(url: str, reference_wav: Path, service: TTSSer
     assert created["name"] == "Narrator 1"
     assert created["transcript"] == REF_TRANSCRIPT
     assert created["num_codes"] == pytest.approx(REF_SECONDS * 50, abs=2)
+    assert created["warnings"] == []  # short enough to keep whole, so the given transcript stands
     try:
         listed = run(call(url, "list_voices")).structured_content
         assert "Narrator 1" in {v["name"] for v in listed["voices"]}
@@ -481,6 +496,24 @@ def test_voice_library_round_trip(url: str, reference_wav: Path, service: TTSSer
             call_error(url, "create_voice", {"name": "../evil", "audio_path": str(reference_wav), "transcript": "x"})
         )
         assert "not allowed" in bad_name
+
+        updated = run(
+            call(url, "update_voice", {"name": "Narrator 1", "transcript": "  The quick   brown fox!  "})
+        ).structured_content
+        assert (updated["name"], updated["transcript"]) == ("Narrator 1", "The quick brown fox!")
+        assert service.get_voice("Narrator 1").transcript == "The quick brown fox!"
+        listed = run(call(url, "list_voices")).structured_content["voices"]
+        assert {v["name"]: v["transcript"] for v in listed}["Narrator 1"] == "The quick brown fox!"
+        # The service's refusals come through with its own words, and change nothing.
+        for args in (
+            {"name": "Narrator 1", "transcript": "   "},
+            {"name": "Narrator 1", "transcript": "a <|eot_id|> b"},
+            {"name": "Nobody", "transcript": "Words."},
+        ):
+            with pytest.raises((InvalidInput, VoiceNotFound)) as refused:
+                service.update_voice(args["name"], args["transcript"])
+            assert run(call_error(url, "update_voice", args)) == refused.value.message
+        assert service.get_voice("Narrator 1").transcript == "The quick brown fox!"
     finally:
         deleted = run(call(url, "delete_voice", {"name": "Narrator 1"})).structured_content
     assert deleted == {"deleted": "Narrator 1"}
@@ -491,6 +524,32 @@ def test_voice_library_round_trip(url: str, reference_wav: Path, service: TTSSer
 
 
 # --- other configurations -------------------------------------------------------------------------------------
+
+
+def test_create_voice_passes_on_the_trimmed_recording_warning(tiny_models: Path, tmp_path: Path) -> None:
+    """A recording longer than MAX_REFERENCE_SECONDS is trimmed; the given transcript then no longer matches, the
+    kept part is transcribed again, and create_voice says so (for the user to check, then fix with update_voice)."""
+    short = settings_for(tiny_models, tmp_path, max_reference_seconds=1.0)
+    reference = write_short_reference(Path(short.temp_dir) / "over_a_second.wav")  # REF_SECONDS > 1.0
+    trimming = TTSService(short)
+    try:
+        with serve_http(create_mcp(trimming, short), short) as address:
+            created = run(
+                call(
+                    address,
+                    "create_voice",
+                    {"name": "trimmed", "audio_path": str(reference), "transcript": REF_TRANSCRIPT},
+                )
+            ).structured_content
+            assert len(created["warnings"]) == 1
+            assert "trimmed" in created["warnings"][0]
+            assert created["duration_s"] <= 1.0 + 1e-6
+            assert created["transcript"] != REF_TRANSCRIPT  # redone from the kept second
+            fixed = run(call(address, "update_voice", {"name": "trimmed", "transcript": "The quick"}))
+            assert fixed.structured_content["transcript"] == "The quick"
+            assert fixed.structured_content["warnings"] == []
+    finally:
+        trimming.shutdown()
 
 
 def test_inline_and_both_modes_carry_the_audio_itself(service: TTSService, settings: Settings) -> None:
@@ -699,6 +758,11 @@ def test_rest_and_mcp_share_one_service(url: str, service: TTSService, settings:
             service.set_timeouts(
                 offload_after_use=settings.gpu_offload_after_use, idle_timeout_s=settings.gpu_idle_timeout
             )
+
+        # The same mistake gets the same words on both surfaces.
+        empty = requests.post(f"{base}/api/gpu/timeout", json={}, timeout=30)
+        assert empty.status_code == 400
+        assert empty.json()["error"]["message"] == run(call_error(url, "update_gpu_timeout", {}))
 
         with reference_wav.open("rb") as audio:
             created = requests.post(
