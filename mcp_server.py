@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 
 from llasa import __version__
 from llasa.audio import AUDIO_FORMATS, validate_output
-from llasa.config import Settings
+from llasa.config import Settings, load_settings
 from llasa.errors import InvalidInput, TTSError
 from llasa.types import MAX_SEED, SAMPLE_RATE, GenerationParams
 from mcp_inputs import read_audio_input
@@ -600,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         "--stdio", action="store_true", help="serve over stdin/stdout for a desktop assistant instead of HTTP"
     )
     args = parser.parse_args(argv)
-    settings = Settings()
+    # The environment, then the checkout's .env (found wherever the client starts us), or LLASA_ENV_FILE's file.
+    settings = load_settings()
     # stdout carries the protocol in stdio mode: every log line goes to stderr.
     logging.basicConfig(
         stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

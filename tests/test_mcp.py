@@ -33,7 +33,7 @@ from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import McpError, ToolError
 
 from llasa.audio import validate_output
-from llasa.config import Settings
+from llasa.config import ENV_FILE_VARIABLE, Settings
 from llasa.errors import InvalidInput, NotFound, VoiceNotFound
 from llasa.service import TTSService
 from llasa.types import GenerationParams
@@ -601,6 +601,10 @@ def test_api_key_is_required_over_http(make_settings: Any, tmp_path: Path) -> No
     port = free_port()
     served = make_settings(api_key="s3cret-key", mcp_port=port, host="127.0.0.1")
     env = settings_env(served)
+    # The key comes from an env file, as from the checkout's .env in a deployment (LLASA_ENV_FILE names it here).
+    env_file = tmp_path / "llasa.env"
+    env_file.write_text(f"API_KEY={env.pop('API_KEY')}\n", encoding="utf-8")
+    env[ENV_FILE_VARIABLE] = str(env_file)
     outputs = Path(served.output_dir)
     outputs.mkdir(parents=True, exist_ok=True)
     expired, fresh = outputs / f"{'a' * 32}.wav", outputs / f"{'b' * 32}.wav"
@@ -649,8 +653,12 @@ def test_api_key_is_required_over_http(make_settings: Any, tmp_path: Path) -> No
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes `Settings()` in a child process equal `settings` (for what tests set)."""
+    """The environment that makes `load_settings()` in a child process equal `settings` (for what tests set).
+
+    LLASA_ENV_FILE is empty, so a developer's .env in the checkout cannot change what the test runs with.
+    """
     env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env[ENV_FILE_VARIABLE] = ""
     for name in (
         "llasa_model",
         "xcodec2_model",
