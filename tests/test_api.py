@@ -163,7 +163,9 @@ def test_gpu_routes(api: Api) -> None:
     assert api.post("/api/gpu/offload", json={"model": "llasa"}).status_code == 200
     assert api.post("/api/gpu/offload").status_code == 200
     assert api.post("/api/gpu/release", json={}).status_code == 200
-    assert_error(api.post("/api/gpu/release", json={"model": "gpt-5"}), 400, "invalid_input", "model")
+    # The GPU manager's own message, the same MCP gives.
+    unknown = assert_error(api.post("/api/gpu/release", json={"model": "gpt-5"}), 404, "not_found", "model")
+    assert "no model named 'gpt-5'" in unknown["message"]
     timeouts = api.post("/api/gpu/timeout", json={"idle_timeout_s": 120, "evict_timeout_s": -1})
     assert timeouts.status_code == 200, timeouts.text
     assert_error(api.post("/api/gpu/timeout", json={}), 400, field="idle_timeout_s")
