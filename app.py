@@ -271,7 +271,29 @@ class _WebUI:
         if not reference_audio:
             raise self._error(lang, text(lang, "need_reference"))
         transcript = (reference_text or "").strip()
+        if transcript:
+            # The transcript box holds the words of the part that is kept (filled from it on upload, then maybe
+            # corrected): send exactly that part, so the service has nothing to trim and keeps the transcript.
+            kept = self._kept_part(reference_audio)
+            if kept is not None:
+                return {"reference_audio": kept, "reference_text": transcript, "kept_by_ui": True}
         return {"reference_audio": reference_audio, "reference_text": transcript or None}
+
+    def _kept_part(self, reference_audio: str) -> bytes | None:
+        """The clip as the service would trim it, as wav bytes; None when it is used whole (or is unusable, which
+        the synthesis then reports)."""
+        from llasa.audio import encode_audio, prepare_reference
+
+        try:
+            prepared = prepare_reference(
+                reference_audio,
+                max_seconds=self.settings.max_reference_seconds,
+                min_seconds=self.settings.min_reference_seconds,
+                max_bytes=self.settings.max_upload_bytes,
+            )
+        except TTSError:
+            return None
+        return encode_audio(prepared.samples, SAMPLE_RATE, "wav") if prepared.trimmed else None
 
     def _progress_reporter(self, progress: gr.Progress, lang: str) -> Callable[[int, int, str], None]:
         unit = text(lang, "unit_chunks")
@@ -313,6 +335,7 @@ class _WebUI:
                     lang, f"format {fmt!r} is not supported; use one of {', '.join(self.formats)}", "invalid_input"
                 )
             arguments = self._voice_arguments(lang, voice_mode, reference_audio, reference_text, voice)
+            kept_by_ui = arguments.pop("kept_by_ui", False)
             seed_value = None if seed is None or seed == "" or float(seed) < 0 else int(seed)
             params = GenerationParams(
                 temperature=_optional_number(temperature),
@@ -340,11 +363,20 @@ class _WebUI:
             download = self.service.save_output(result, fmt)
             playable = download if fmt == "wav" else self.service.save_output(result, "wav")
 
-        facts = self._facts_markdown(result, lang, download.url)
         # Plain values (not gr.update) throughout, so gradio_client callers get strings and files back.
         notice = ""
         if result.reference_trimmed:
             notice = self._trim_notice(lang, result.reference_seconds)
+        elif kept_by_ui:
+            notice = (
+                "> "
+                + text(
+                    lang, "trimmed_notice", max_s=self.settings.max_reference_seconds, kept_s=result.reference_seconds
+                )
+                + " "
+                + text(lang, "transcript_for_kept", kept_s=result.reference_seconds)
+            )
+        facts = self._facts_markdown(result, lang, download.url, trim_notice=notice.removeprefix("> "))
         if voice_mode == MODE_SAVED:
             voice_label = voice or ""
         elif voice_mode == MODE_NONE:
@@ -381,7 +413,7 @@ class _WebUI:
             transcript,
         )
 
-    def _facts_markdown(self, result: SynthesisResult, lang: str, url: str) -> str:
+    def _facts_markdown(self, result: SynthesisResult, lang: str, url: str, *, trim_notice: str = "") -> str:
         stages = ("load", "transcribe", "encode", "generate", "decode", "total")
         timings = " · ".join(
             f"{text(lang, 'stage_name_' + stage)} {result.timings_s[stage]:.2f} s"
@@ -403,10 +435,10 @@ class _WebUI:
             lines.append(f"\n**{text(lang, 'fact_reference_text')}**: {_md(result.reference_text)}")
         lines.append(f"\n**{text(lang, 'fact_link')}**: `{url}`")
         notes = [_md(w) for w in getattr(result, "warnings", []) or [] if w]
-        if result.reference_trimmed:
+        if trim_notice:
             # The service's trim note is English; the UI says the same in the page's language.
             notes = [n for n in notes if "trimmed" not in n]
-            notes.insert(0, self._trim_notice(lang, result.reference_seconds).removeprefix("> "))
+            notes.insert(0, trim_notice)
         if notes:
             lines.append(f"\n**{text(lang, 'fact_notes')}**:")
             lines.extend(f"- {n}" for n in notes)

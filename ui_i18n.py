@@ -167,6 +167,7 @@ _EN: dict[str, str] = {
         "(the model was trained on clips up to {max_s:g} s)."
     ),
     "transcript_redone": "The transcript was made for the part that is used (the kept {kept_s:.1f} s).",
+    "transcript_for_kept": "The transcript was used as the words of the kept {kept_s:.1f} s; it must match them.",
     "col_time": "Time",
     "col_text": "Text",
     "col_voice": "Voice",
@@ -362,6 +363,7 @@ _ZH: dict[str, str] = {
         "⚠️ 参考音频超过 {max_s:g} 秒，只使用了前 {kept_s:.1f} 秒（模型训练时使用的参考音频最长 {max_s:g} 秒）。"
     ),
     "transcript_redone": "参考文本按实际使用的部分（保留的 {kept_s:.1f} 秒）重新识别。",
+    "transcript_for_kept": "参考文本被当作保留的 {kept_s:.1f} 秒的内容使用，须与其一致。",
     "col_time": "时间",
     "col_text": "文本",
     "col_voice": "音色",
