@@ -12,7 +12,6 @@ from llasa.config import Settings
 
 def test_working_directory_env_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("UI_PORT", raising=False)
-    monkeypatch.setattr(config, "_REPO_ENV_FILE", str(tmp_path / "absent.env"))
     (tmp_path / ".env").write_text("UI_PORT=7999\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     assert Settings(_env_file=(str(tmp_path / "absent.env"), ".env")).ui_port == 7999
