@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import tiny_settings
 from safetensors.torch import load_file, save_file
 
 from gpu_manager import ModelState, MultiModelGPUManager
@@ -40,16 +41,7 @@ SAMPLING = {"temperature": 0.8, "top_p": 1.0, "top_k": 50, "repetition_penalty":
 @pytest.fixture(scope="module")
 def settings(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     base = tmp_path_factory.mktemp("models")
-    return Settings(
-        _env_file=None,
-        llasa_model=str(tiny_models / "llasa"),
-        xcodec2_model=str(tiny_models / "xcodec2"),
-        whisper_model=str(tiny_models / "whisper"),
-        device="cpu",
-        output_dir=base / "outputs",
-        temp_dir=base / "temp",
-        voices_dir=base / "voices",
-    )
+    return tiny_settings(tiny_models, base)
 
 
 @pytest.fixture(scope="module")

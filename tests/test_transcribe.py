@@ -14,8 +14,8 @@ from pathlib import Path
 
 import av
 import pytest
+from conftest import tiny_settings
 
-from llasa.config import Settings
 from llasa.errors import InvalidInput, PayloadTooLarge, UnsupportedAudio
 from llasa.service import TTSService
 from llasa.types import Segment, TranscriptionResult
@@ -78,17 +78,8 @@ def generated() -> dict[str, bytes]:
 def service(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TTSService]:
     # One service (one loaded Whisper) for the whole module keeps it fast; the settings are make_settings'.
     root = tmp_path_factory.mktemp("transcribe")
-    settings = Settings(
-        _env_file=None,
-        llasa_model=str(tiny_models / "llasa"),
-        xcodec2_model=str(tiny_models / "xcodec2"),
-        whisper_model=str(tiny_models / "whisper"),
-        device="cpu",
-        output_dir=root / "outputs",
-        temp_dir=root / "temp",
-        voices_dir=root / "voices",
-        gpu_monitor_interval=0.05,
-    )
+    # No bound on Whisper's tokens here: the tiny Whisper ends its transcripts by itself (tested as such).
+    settings = tiny_settings(tiny_models, root, whisper_max_new_tokens=0)
     svc = TTSService(settings)
     yield svc
     svc.shutdown()

@@ -14,10 +14,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import tiny_settings
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 import app
-from llasa.config import Settings
 from llasa.service import TTSService
 
 pytestmark = pytest.mark.browser
@@ -35,20 +35,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ui(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("ui-browser")
-    settings = Settings(
-        _env_file=None,
-        llasa_model=str(tiny_models / "llasa"),
-        xcodec2_model=str(tiny_models / "xcodec2"),
-        whisper_model=str(tiny_models / "whisper"),
-        device="cpu",
-        host="127.0.0.1",
-        ui_port=_free_port(),
-        output_dir=root / "outputs",
-        temp_dir=root / "temp",
-        voices_dir=root / "voices",
-        gpu_monitor_interval=0.05,
-        max_audio_seconds=1.0,  # the Advanced slider starts here: a quick generation
-    )
+    # max_audio_seconds: the Advanced slider starts here, a quick generation.
+    settings = tiny_settings(tiny_models, root, ui_port=_free_port(), max_audio_seconds=1.0)
     service = TTSService(settings)
     demo = app.create_ui(service, settings)
     url = app.launch_ui(demo, settings, prevent_thread_lock=True)
