@@ -212,28 +212,15 @@ class _WebUI:
     def _transcribe_reference(self, audio: str | None, language: str | None, lang: str) -> tuple[str, float | None]:
         """The transcript of the part of a reference clip that synthesis will use, and the kept seconds when the
         clip is trimmed (None when it is used whole), so the transcript box matches what the model hears."""
-        from llasa.audio import encode_audio, prepare_reference
-
         if not audio:
             raise self._error(lang, text(lang, "need_audio"))
         kept_s: float | None = None
         source: str | bytes = audio
         with self._user_errors(lang):
-            try:
-                prepared = prepare_reference(
-                    audio,
-                    max_seconds=self.settings.max_reference_seconds,
-                    min_seconds=self.settings.min_reference_seconds,
-                    max_bytes=self.settings.max_upload_bytes,
-                )
-            except (AudioTooShort, SilentAudio):
-                # Transcribe it whole as before: silence gives the "no speech" hint below, and synthesis
-                # reports the clip's problem with its own clear error.
-                prepared = None
-            if prepared is not None and prepared.trimmed:
+            kept = self._kept_part(audio)
+            if kept is not None:
                 # Exactly the samples the service keeps (and transcribes itself when it trims).
-                source = encode_audio(prepared.samples, SAMPLE_RATE, "wav")
-                kept_s = len(prepared.samples) / SAMPLE_RATE
+                source, kept_s = kept
             result = self.service.transcribe(source, language=language or None)
         if not result.text.strip():
             gr.Warning(text(lang, "no_speech"))
@@ -276,12 +263,12 @@ class _WebUI:
             # corrected): send exactly that part, so the service has nothing to trim and keeps the transcript.
             kept = self._kept_part(reference_audio)
             if kept is not None:
-                return {"reference_audio": kept, "reference_text": transcript, "kept_by_ui": True}
+                return {"reference_audio": kept[0], "reference_text": transcript, "kept_by_ui": True}
         return {"reference_audio": reference_audio, "reference_text": transcript or None}
 
-    def _kept_part(self, reference_audio: str) -> bytes | None:
-        """The clip as the service would trim it, as wav bytes; None when it is used whole (or is unusable, which
-        the synthesis then reports)."""
+    def _kept_part(self, reference_audio: str) -> tuple[bytes, float] | None:
+        """The clip as the service would trim it (wav bytes, kept seconds); None when it is used whole. A clip
+        too short or silent is left to the service, which reports it with its own clear error."""
         from llasa.audio import encode_audio, prepare_reference
 
         try:
@@ -291,9 +278,11 @@ class _WebUI:
                 min_seconds=self.settings.min_reference_seconds,
                 max_bytes=self.settings.max_upload_bytes,
             )
-        except TTSError:
+        except (AudioTooShort, SilentAudio):
             return None
-        return encode_audio(prepared.samples, SAMPLE_RATE, "wav") if prepared.trimmed else None
+        if not prepared.trimmed:
+            return None
+        return encode_audio(prepared.samples, SAMPLE_RATE, "wav"), len(prepared.samples) / SAMPLE_RATE
 
     def _progress_reporter(self, progress: gr.Progress, lang: str) -> Callable[[int, int, str], None]:
         unit = text(lang, "unit_chunks")
