@@ -448,10 +448,6 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
         evict = parse_number(fields.get("evict_timeout_s"), "evict_timeout_s")
         after_use = fields.get("offload_after_use")
         after_use = None if after_use is None else parse_bool(after_use, "offload_after_use")
-        if idle is None and evict is None and after_use is None:
-            raise InvalidInput(
-                "give at least one of idle_timeout_s, evict_timeout_s, offload_after_use", field="idle_timeout_s"
-            )
         return jsonify(service.set_timeouts(idle_timeout_s=idle, evict_timeout_s=evict, offload_after_use=after_use))
 
     @app.post("/api/transcribe")

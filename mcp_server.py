@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 from llasa import __version__
 from llasa.audio import AUDIO_FORMATS, validate_output
 from llasa.config import Settings, load_settings
-from llasa.errors import InvalidInput, TTSError
+from llasa.errors import TTSError
 from llasa.types import MAX_SEED, SAMPLE_RATE, GenerationParams
 from mcp_inputs import read_audio_input
 
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
-#: update_gpu_timeout called with nothing to change: the same words as POST /api/gpu/timeout.
-NOTHING_TO_CHANGE = "give at least one of idle_timeout_s, evict_timeout_s, offload_after_use"
 INSTRUCTIONS = """\
 Llasa text-to-speech with voice cloning (Chinese and English). generate_speech reads text aloud in the voice of a
 short reference recording (3-15 s, given as a file path or base64), of a saved voice (list_voices, create_voice),
@@ -389,10 +387,7 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
                 other programs); false = keep it on the GPU for idle_timeout_s. Server default {gpu_offload_after_use}.
         """
         with _tool_errors("update_gpu_timeout"):
-            # The service accepts an empty change; this check is the front ends' own, worded as REST words it.
-            if idle_timeout_s is None and evict_timeout_s is None and offload_after_use is None:
-                raise InvalidInput(NOTHING_TO_CHANGE, field="idle_timeout_s")
-            # Ranges and model names are the service's to check: its message reaches the caller unchanged.
+            # An empty change and the ranges are the service's to check: its message reaches the caller unchanged.
             return service.set_timeouts(
                 idle_timeout_s=idle_timeout_s,
                 evict_timeout_s=evict_timeout_s,

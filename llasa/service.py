@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 LLASA, XCODEC2, WHISPER = "llasa", "xcodec2", "whisper"
 MIN_CHUNK_CODES = 2 * CODES_PER_SECOND
 """A reference that leaves room for less than this much new speech per chunk is refused."""
+NOTHING_TO_CHANGE = "give at least one of idle_timeout_s, evict_timeout_s, offload_after_use"
+"""set_timeouts() called with nothing to change: one message for every front end."""
 CHUNK_MAX_SECONDS = 20.0
 """The longest speech one chunk is planned for. The context allows ~40 s without a reference, but a random-walk
 sampler drifts on long stretches; sentences packed into <= 20 s chunks keep every chunk near the lengths the
@@ -647,6 +649,9 @@ class TTSService:
         evict_timeout_s: float | None = None,
         offload_after_use: bool | None = None,
     ) -> dict[str, Any]:
+        """Change the GPU manager's timeouts at run time; ranges are the manager's to check."""
+        if idle_timeout_s is None and evict_timeout_s is None and offload_after_use is None:
+            raise InvalidInput(NOTHING_TO_CHANGE, field="idle_timeout_s")
         return self.manager.set_timeouts(
             idle_timeout_s=idle_timeout_s,
             evict_timeout_s=evict_timeout_s,

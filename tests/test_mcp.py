@@ -35,9 +35,9 @@ from fastmcp.exceptions import McpError, ToolError
 from llasa.audio import validate_output
 from llasa.config import ENV_FILE_VARIABLE, Settings
 from llasa.errors import InvalidInput, NotFound, VoiceNotFound
-from llasa.service import TTSService
+from llasa.service import NOTHING_TO_CHANGE, TTSService
 from llasa.types import GenerationParams
-from mcp_server import NOTHING_TO_CHANGE, create_http_server, create_mcp
+from mcp_server import create_http_server, create_mcp
 
 REPO = Path(__file__).resolve().parent.parent
 AUDIO_DIR = REPO / "tests" / "data" / "audio"  # the conftest's `audio_dir`, for module-scoped fixtures
