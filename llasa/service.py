@@ -105,7 +105,7 @@ class TTSService:
     """Synthesis, transcription, the voice library, outputs and GPU control for all front ends."""
 
     def __init__(self, settings: Settings, manager: Any | None = None) -> None:
-        from gpu_manager import MultiModelGPUManager
+        from llasa.gpu import MultiModelGPUManager
         from llasa.models import register_models
 
         self.settings = settings

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import gpu_manager
+import llasa.gpu.manager
 from gpu_manager import (
     DeviceMemory,
     GPUResourceManager,
@@ -787,7 +788,7 @@ def test_status_shape(caplog: pytest.LogCaptureFixture) -> None:
     manager = make_manager(clock, gpu_offload_after_use=False, gpu_idle_timeout=300)
     manager.register_model("llasa", CountingLoader("llasa"))
     manager.register_model("whisper", CountingLoader("whisper"), estimated_bytes=1234)
-    with caplog.at_level(logging.INFO, logger="gpu_manager"), manager.use("llasa"):
+    with caplog.at_level(logging.INFO, logger="llasa.gpu"), manager.use("llasa"):
         inside = manager.status()
     clock.advance(12.5)
     status = manager.status()
@@ -822,13 +823,13 @@ def test_status_shape(caplog: pytest.LogCaptureFixture) -> None:
 def test_lifecycle_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     manager = make_manager()
     manager.register_model("codec", CountingLoader("codec"))
-    with caplog.at_level(logging.INFO, logger="gpu_manager"):
+    with caplog.at_level(logging.INFO, logger="llasa.gpu"):
         with manager.use("codec"):
             pass
         with manager.use("codec"):
             pass
         manager.release("codec")
-    lines = [r.getMessage() for r in caplog.records if r.name == "gpu_manager"]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("llasa.gpu")]
     assert [line.split(" ")[1] for line in lines] == ["loaded", "offloaded", "reloaded", "offloaded", "released"]
     assert lines[2].startswith("codec reloaded cpu->cpu in ")
     assert lines[4].startswith("codec released cpu->none in ")
@@ -909,7 +910,7 @@ def test_pinned_weights_round_trip_on_cuda() -> None:
 
 
 def test_get_gpu_manager_is_one_instance(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gpu_manager, "_manager", None)
+    monkeypatch.setattr(llasa.gpu.manager, "_manager", None)
     settings = Settings(_env_file=None, device="cpu")
     first = get_gpu_manager(settings)
     assert get_gpu_manager() is first
@@ -929,10 +930,10 @@ def test_device_cuda_without_cuda_is_a_clear_error() -> None:
 
 def test_import_has_no_side_effects() -> None:
     code = (
-        "import sys, threading, gpu_manager\n"
+        "import sys, threading, gpu_manager, llasa.gpu.manager\n"
         "assert 'torch' not in sys.modules, 'torch imported at import time'\n"
         "assert threading.active_count() == 1, threading.enumerate()\n"
-        "assert gpu_manager._manager is None\n"
+        "assert llasa.gpu.manager._manager is None\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-import gpu_manager
 from gpu_manager import ManagedModel, MultiModelGPUManager, PinnedWeights
 from llasa.config import Settings
 from llasa.errors import Busy, Cancelled, ModelUnavailable, QueueFull
+from llasa.gpu import slot
 
 JOIN_TIMEOUT_S = 60.0
 
@@ -477,7 +477,7 @@ def test_gpu_slot_wait_interrupted_leaves_the_queue_or_passes_the_slot_on(
     entered, leave = threading.Event(), threading.Event()
     holder = hold_slot(manager, entered, leave)
     monkeypatch.setattr(InterruptedEvent, "after_grant", after_grant)
-    monkeypatch.setattr(gpu_manager, "_SlotWaiter", partial(gpu_manager._SlotWaiter, granted=InterruptedEvent()))
+    monkeypatch.setattr(slot, "_SlotWaiter", partial(slot._SlotWaiter, granted=InterruptedEvent()))
 
     def interrupted_job() -> None:
         with manager.gpu_slot():

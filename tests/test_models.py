@@ -19,7 +19,6 @@ from conftest import tiny_settings
 from safetensors.torch import load_file, save_file
 
 from gpu_manager import ModelState, MultiModelGPUManager
-from llasa import models
 from llasa.config import Settings
 from llasa.errors import InvalidInput, ModelUnavailable
 from llasa.models import (
@@ -33,6 +32,7 @@ from llasa.models import (
     load_xcodec2,
     register_models,
 )
+from llasa.models import whisper as whisper_module
 from llasa.types import TranscriptionResult
 
 SAMPLING = {"temperature": 0.8, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
@@ -338,8 +338,8 @@ def test_whisper_falls_back_to_cpu_when_ctranslate2_has_no_gpu(
 
 
 def test_join_segments() -> None:
-    assert models._join_segments(["Hello", "world.", "你好", "世界"]) == "Hello world. 你好世界"
-    assert models._join_segments(["", "a"]) == "a"
+    assert whisper_module._join_segments(["Hello", "world.", "你好", "世界"]) == "Hello world. 你好世界"
+    assert whisper_module._join_segments(["", "a"]) == "a"
 
 
 # --- missing weights ----------------------------------------------------------------------------------------

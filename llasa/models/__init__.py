@@ -1,0 +1,86 @@
+"""The three models behind the service, each a `ManagedModel` the GPU manager moves between GPU and CPU RAM.
+
+- `LlasaModel`: Llasa (a plain `LlamaForCausalLM`) + its tokenizer; turns a prompt into speech codes.
+- `XCodec2Codec`: transformers' native `Xcodec2Model` + `Xcodec2FeatureExtractor` (not the `xcodec2` pip package,
+  which pins torch 2.5 and does not load under transformers 5); 16 kHz audio <-> codes, 320 samples per code.
+- `WhisperTranscriber`: faster-whisper (CTranslate2) for reference transcripts.
+
+Loaders take a hub id (or a faster-whisper size name) or a local folder, from LLASA_MODEL / XCODEC2_MODEL /
+WHISPER_MODEL, honour HF_TOKEN / HF_ENDPOINT / HF_HOME, and raise `ModelUnavailable` naming the model and the
+variable to set when the weights cannot be found, downloaded or loaded, or when the checkpoint lacks weights the
+architecture needs (transformers would fill those with random values and only print a table). Weights are bf16 on
+CUDA and fp32 on the CPU.
+One module per model (`llasa_lm`, `xcodec2`, `whisper`) and `hub` (where the weights come from).
+Nothing is loaded at import; `register_models()` only registers loaders with the manager.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from llasa.config import Settings
+from llasa.models.hub import estimate_bytes, resolve_model_dir
+from llasa.models.llasa_lm import (
+    LLASA_CONTEXT_TOKENS,
+    CancelCriteria,
+    GeneratedCodes,
+    LlasaModel,
+    SpeechOnlyLogitsProcessor,
+    load_llasa,
+)
+from llasa.models.whisper import WhisperTranscriber, load_whisper
+from llasa.models.xcodec2 import XCodec2Codec, load_xcodec2
+
+if TYPE_CHECKING:
+    from llasa.gpu import MultiModelGPUManager
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAMES = ("llasa", "xcodec2", "whisper")
+"""The models the service registers with the GPU manager, in the order every status lists them."""
+
+__all__ = [
+    "LLASA_CONTEXT_TOKENS",
+    "MODEL_NAMES",
+    "CancelCriteria",
+    "GeneratedCodes",
+    "LlasaModel",
+    "SpeechOnlyLogitsProcessor",
+    "WhisperTranscriber",
+    "XCodec2Codec",
+    "load_llasa",
+    "load_whisper",
+    "load_xcodec2",
+    "register_models",
+    "resolve_model_dir",
+]
+
+
+def register_models(manager: MultiModelGPUManager, settings: Settings) -> None:
+    """Register the loaders of "llasa", "xcodec2" and "whisper" with `manager`; nothing loads until first use.
+
+    A name the manager already knows (a second service on the process-wide manager, or a test's own loader)
+    keeps its registration.
+    """
+    loaders: dict[str, tuple[Callable[[str], Any], int | None]] = {
+        "llasa": (
+            lambda device: load_llasa(settings, device),
+            estimate_bytes(settings.llasa_model, ["*.safetensors"]),
+        ),
+        "xcodec2": (
+            lambda device: load_xcodec2(settings, device),
+            estimate_bytes(settings.xcodec2_model, ["*.safetensors"]),
+        ),
+        "whisper": (
+            lambda device: load_whisper(settings, device),
+            estimate_bytes(settings.whisper_model, ["model.bin"]),
+        ),
+    }
+    known = set(manager.model_names)
+    for name, (loader, estimated_bytes) in loaders.items():
+        if name in known:
+            logger.info("%s is already registered with the GPU manager; keeping that registration", name)
+            continue
+        manager.register_model(name, loader, estimated_bytes=estimated_bytes)
