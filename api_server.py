@@ -14,7 +14,6 @@ import hmac
 import logging
 import math
 import re
-import signal
 import threading
 import time
 import uuid
@@ -42,9 +41,11 @@ from api_common import (
 )
 from llasa import __version__
 from llasa.audio import AUDIO_FORMATS, encode_audio, validate_output
-from llasa.config import Settings, load_settings
+from llasa.bootstrap import FrontEnd, client_host, load_settings_or_exit, port_error, run_alone, start_process
+from llasa.config import Settings
 from llasa.errors import Busy, InvalidInput, TTSError, Unauthorized
 from llasa.outputs import FORMAT_EXTENSIONS
+from llasa.outputs import cleanup_interval_s as cleanup_interval_s_for
 from llasa.types import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -867,10 +868,6 @@ def make_server(
     )
 
 
-def _cleanup_interval_s(settings: Settings) -> float:
-    return min(3600.0, max(60.0, settings.output_ttl_hours * 3600 / 4))
-
-
 def serve(
     app: Flask,
     settings: Settings,
@@ -886,7 +883,7 @@ def serve(
     """
     ctx: ApiContext = app.extensions["llasa_api"]
     server = make_server(app, settings, host=host, port=port)
-    interval_s = cleanup_interval_s or _cleanup_interval_s(settings)
+    interval_s = cleanup_interval_s or cleanup_interval_s_for(settings.output_ttl_hours)
     ctx.service.start_output_cleanup(interval_s)
     janitor = _Janitor(ctx, interval_s=interval_s)
     janitor.start()
@@ -927,10 +924,8 @@ class RunningServer:
         self._map: dict[int, Any] = {}
         self.server = make_server(app, settings, host=host, port=port, socket_map=self._map)
         self.port = int(self.server.effective_port)
-        shown = str(self.server.effective_host)
-        shown = "127.0.0.1" if shown in ("0.0.0.0", "::", "") else shown
-        self.url = f"http://{shown}:{self.port}"
-        self.cleanup_interval_s = cleanup_interval_s or _cleanup_interval_s(settings)
+        self.url = f"http://{client_host(str(self.server.effective_host))}:{self.port}"
+        self.cleanup_interval_s = cleanup_interval_s or cleanup_interval_s_for(settings.output_ttl_hours)
         self._janitor = _Janitor(self.ctx, interval_s=self.cleanup_interval_s)
         self.thread = threading.Thread(target=self.server.run, name="api-server", daemon=True)
 
@@ -974,27 +969,33 @@ class RunningServer:
             action()  # the trigger is already closed (server.close() was called): the loop is winding down
 
 
+def start_in_background(service: Any, settings: Settings, grace_s: float) -> FrontEnd:
+    """main.py's starter: the REST API on its own thread over the shared service."""
+    app = create_app(service, settings)
+    try:
+        running = RunningServer(app, settings)  # binds now: a taken port fails here, clearly
+    except OSError as exc:
+        raise port_error(settings.host, settings.api_port, "API_PORT", exc) from exc
+    running.start()
+    url = f"http://{client_host(settings.host)}:{settings.api_port}"
+    # stop_accepting() closes the listener only (/ready answers 503, requests in flight go on); stop() then closes
+    # the remaining connections, cancels unfinished jobs and stops the job expiry timer.
+    return FrontEnd("api", "REST API", url, f"{url}/health", running.stop_accepting, running.stop, running.thread)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python api_server.py`: the REST API alone (Settings -> logging -> TTSService -> waitress)."""
     parser = argparse.ArgumentParser(description="Llasa TTS REST API (Flask + waitress)")
     parser.add_argument("--host", help="address to bind (default: HOST)")
     parser.add_argument("--port", type=int, help="port (default: API_PORT)")
     args = parser.parse_args(argv)
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from llasa.service import TTSService
-
-    def exit_cleanly(signum: int, _frame: object) -> None:
-        # SIGTERM (docker stop, stop.sh) ends like Ctrl-C: the finally below releases every model.
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, exit_cleanly)
-    service = TTSService(settings)
-    service.manager.start_monitor()
-    try:
-        serve(create_app(service, settings), settings, host=args.host, port=args.port)
-    finally:
-        service.shutdown()
+    settings = load_settings_or_exit()
+    start_process(settings)
+    run_alone(
+        settings,
+        lambda service: serve(create_app(service, settings), settings, host=args.host, port=args.port),
+        label="REST API",
+    )
 
 
 if __name__ == "__main__":

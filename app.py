@@ -13,8 +13,8 @@ tables) follows the request's Accept-Language header. No torch here: the UI only
 from __future__ import annotations
 
 import logging
+import math
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from llasa.config import Settings, load_settings
+from llasa.bootstrap import FrontEnd, bind, client_host, load_settings_or_exit, run_alone, start_process
+from llasa.config import Settings
 from llasa.errors import AudioTooShort, Busy, Cancelled, SilentAudio, TTSError
 from llasa.types import SAMPLE_RATE, GenerationParams
 from ui_i18n import STRINGS, language_of, static_translations, text
@@ -1191,28 +1192,27 @@ def launch_ui(demo: gr.Blocks, settings: Settings, *, prevent_thread_lock: bool 
     return demo.local_url or f"http://{settings.host}:{settings.ui_port}/"
 
 
+def start_in_background(service: Any, settings: Settings, grace_s: float) -> FrontEnd:
+    """main.py's starter: the web UI on gradio's own server thread over the shared service."""
+    bind(settings.host, settings.ui_port, "UI_PORT").close()  # a taken port is a clear error before gradio starts
+    blocks = create_ui(service, settings)
+    launch_ui(blocks, settings, prevent_thread_lock=True)
+    server = blocks.server  # gradio's uvicorn server, on its own thread
+
+    def stop_accepting() -> None:
+        # The listener closes; the open event streams stay, so a running synthesis still reaches its browser.
+        server.config.timeout_graceful_shutdown = max(1, math.ceil(grace_s))
+        server.should_exit = True
+
+    url = f"http://{client_host(settings.host)}:{settings.ui_port}"
+    return FrontEnd("ui", "Web UI", url, f"{url}/", stop_accepting, blocks.close, getattr(server, "thread", None))
+
+
 def main() -> None:
     """Run the web UI alone: Settings -> logging -> TTSService -> gradio (REST and MCP are main.py's)."""
-    from llasa.service import TTSService
-
-    settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    # gradio polls its own server with httpx while starting: one line per poll at INFO.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    service = TTSService(settings)
-    service.manager.start_monitor()
-    service.start_output_cleanup()
-
-    def stop(signum: int, _frame: object) -> None:
-        # SystemExit unwinds gradio's wait loop, so the finally below releases every model.
-        logger.info("%s received: shutting the web UI down", signal.Signals(signum).name)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        launch_ui(create_ui(service, settings), settings)
-    finally:
-        service.shutdown()
+    settings = load_settings_or_exit()
+    start_process(settings)
+    run_alone(settings, lambda service: launch_ui(create_ui(service, settings), settings), label="web UI")
 
 
 if __name__ == "__main__":

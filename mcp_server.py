@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import socket
 import sys
 import threading
@@ -38,7 +39,8 @@ from pydantic import BaseModel, Field
 
 from llasa import __version__
 from llasa.audio import AUDIO_FORMATS, validate_output
-from llasa.config import Settings, load_settings
+from llasa.bootstrap import FrontEnd, bind, client_host, load_settings_or_exit, run_alone, run_logged, start_process
+from llasa.config import Settings
 from llasa.errors import TTSError
 from llasa.types import MAX_SEED, SAMPLE_RATE, GenerationParams
 from mcp_inputs import read_audio_input
@@ -588,6 +590,28 @@ def run_http(mcp: FastMCP, settings: Settings, *, sockets: list[socket.socket] |
     server.run(sockets=sockets)
 
 
+def start_in_background(service: Any, settings: Settings, grace_s: float) -> FrontEnd:
+    """main.py's starter: the MCP server (streamable HTTP) on its own thread over the shared service."""
+    sock = bind(settings.host, settings.mcp_port, "MCP_PORT")
+    server = create_http_server(create_mcp(service, settings), settings)
+    # After should_exit, uvicorn closes the listener and gives open requests (a tool call's synthesis) this long.
+    server.config.timeout_graceful_shutdown = max(1, math.ceil(grace_s))
+    thread = threading.Thread(
+        target=run_logged, args=("MCP", lambda: server.run(sockets=[sock])), name="mcp", daemon=True
+    )
+    thread.start()
+
+    def stop_accepting() -> None:
+        server.should_exit = True
+
+    def finish() -> None:
+        thread.join(timeout=5)
+
+    base = f"http://{client_host(settings.host)}:{settings.mcp_port}"
+    # Probed at / (a 404): a request to /mcp itself would open and close an MCP session just to check the port.
+    return FrontEnd("mcp", "MCP", f"{base}{MCP_PATH}", f"{base}/", stop_accepting, finish, thread)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python mcp_server.py [--stdio]`: serve MCP alone, with this process's own service and GPU manager."""
     parser = argparse.ArgumentParser(description="Llasa TTS MCP server (streamable HTTP, or stdio with --stdio)")
@@ -596,13 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # The environment, then the checkout's .env (found wherever the client starts us), or LLASA_ENV_FILE's file.
-    settings = load_settings()
-    # stdout carries the protocol in stdio mode: every log line goes to stderr.
-    logging.basicConfig(
-        stream=sys.stderr, level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    from llasa.service import TTSService
-
+    settings = load_settings_or_exit()
+    start_process(settings)  # every log line goes to stderr: in stdio mode stdout carries the protocol
     transport = "stdio" if args.stdio else f"http://{settings.host}:{settings.mcp_port}{MCP_PATH}"
     logger.info(
         "MCP over %s: this process builds its own TTSService and GPU manager (models load here, on %s, and are "
@@ -610,20 +629,15 @@ def main(argv: list[str] | None = None) -> int:
         transport,
         settings.device,
     )
-    service = TTSService(settings)
-    start_monitor = getattr(service.manager, "start_monitor", None)
-    if callable(start_monitor):
-        start_monitor()
-    # This process saves outputs of its own, so it also deletes them after OUTPUT_TTL_HOURS (until shutdown()).
-    service.start_output_cleanup()
-    try:
+
+    def serve(service: Any) -> None:
         mcp = create_mcp(service, settings)
         if args.stdio:
             mcp.run(transport="stdio", show_banner=False)
         else:
             run_http(mcp, settings)
-    finally:
-        service.shutdown()
+
+    run_alone(settings, serve, label="MCP server")
     return 0
 
 

@@ -23,6 +23,14 @@ FORMAT_EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "ogg", 
 _OUTPUT_ID = re.compile(r"[0-9a-f]{32}\.(wav|flac|mp3|ogg|aac|pcm)")
 
 
+def cleanup_interval_s(ttl_hours: float) -> float:
+    """How often expired outputs (and the REST jobs that point at them) are swept: a tenth of the TTL, 1 min to 1 h.
+
+    The one interval of the process, whichever face starts first.
+    """
+    return min(max(ttl_hours * 3600 / 10, 60.0), 3600.0)
+
+
 @dataclass
 class SavedOutput:
     id: str

@@ -38,7 +38,7 @@ from llasa.audio import (
 )
 from llasa.config import Settings
 from llasa.errors import Cancelled, GenerationFailed, InvalidInput, VoiceExists
-from llasa.outputs import OutputStore, SavedOutput
+from llasa.outputs import OutputStore, SavedOutput, cleanup_interval_s
 from llasa.text import chunk_text, estimate_speech_codes, normalize_text
 from llasa.types import (
     CODES_PER_SECOND,
@@ -617,7 +617,7 @@ class TTSService:
         if self._cleanup_thread is not None:
             return
         if interval_s is None:
-            interval_s = min(max(self.settings.output_ttl_hours * 3600 / 10, 60.0), 3600.0)
+            interval_s = cleanup_interval_s(self.settings.output_ttl_hours)
 
         def loop() -> None:
             while True:
