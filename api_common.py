@@ -21,7 +21,7 @@ from werkzeug.datastructures import FileStorage
 
 from llasa.config import Settings
 from llasa.errors import InvalidInput, PayloadTooLarge, TTSError
-from llasa.types import GenerationParams, SynthesisResult
+from llasa.types import GenerationParams, SynthesisRequest, SynthesisResult
 
 logger = logging.getLogger(__name__)
 
@@ -281,40 +281,12 @@ class ApiContext:
             service,
             ttl_s=settings.output_ttl_hours * 3600,
             max_unfinished=settings.max_queue + 1,
-            on_finish=self._job_finished,
         )
-        self.metrics = ApiMetrics(service, self.jobs.counts)
+        self.metrics = ApiMetrics(self.jobs.counts, service_registry=service.metrics.registry)
         self.shutting_down = False
 
-    def synthesize(self, endpoint: str, kwargs: Mapping[str, Any]) -> SynthesisResult:
+    def synthesize(self, synthesis: SynthesisRequest) -> SynthesisResult:
         """Run one synthesis for the current request; a client that disconnects cancels it."""
-        from llasa.errors import Cancelled
-
         cancel = threading.Event()
-        try:
-            with DisconnectWatch(request.environ, cancel):
-                result = self.service.synthesize(**kwargs, cancel=cancel)
-        except Cancelled:
-            self.metrics.record_outcome(endpoint, "cancelled")
-            raise
-        except Exception:
-            self.metrics.record_outcome(endpoint, "error")
-            raise
-        self.record(endpoint, result)
-        return result
-
-    def record(self, endpoint: str, result: SynthesisResult) -> None:
-        self.metrics.record_synthesis(
-            endpoint,
-            seconds=result.timings_s.get("total", 0.0),
-            audio_s=result.duration_s,
-            rtf=result.real_time_factor,
-        )
-
-    def _job_finished(self, job: Any, result: SynthesisResult | None) -> None:
-        from api_jobs import JobState
-
-        if job.state is JobState.DONE and result is not None:
-            self.record("tts_job", result)
-        else:
-            self.metrics.record_outcome("tts_job", "cancelled" if job.state is JobState.CANCELLED else "error")
+        with DisconnectWatch(request.environ, cancel):
+            return self.service.synthesize(synthesis, cancel=cancel)

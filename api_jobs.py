@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from llasa.errors import Cancelled, NotFound, QueueFull, TTSError
-from llasa.types import SynthesisResult
+from llasa.types import SynthesisRequest, SynthesisResult
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class Job:
     """One queued synthesis and everything known about it so far."""
 
     id: str
-    synth_kwargs: dict[str, Any]
-    """Arguments for TTSService.synthesize (text, reference, voice, params...); dropped once the job ran."""
+    request: SynthesisRequest | None
+    """What to synthesise; dropped (with its reference audio bytes) once the job ran."""
     fmt: str
     sample_rate: int | None
     state: JobState = JobState.QUEUED
@@ -132,7 +132,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-job")
 
-    def submit(self, synth_kwargs: dict[str, Any], *, fmt: str, sample_rate: int | None) -> Job:
+    def submit(self, request: SynthesisRequest, *, fmt: str, sample_rate: int | None) -> Job:
         """Queue a synthesis; QueueFull (429) when MAX_QUEUE + 1 jobs are already queued or running."""
         self.expire()
         with self._lock:
@@ -143,7 +143,7 @@ class JobRunner:
                     "retry later",
                     retry_after_s=10.0,
                 )
-            job = Job(id=uuid.uuid4().hex, synth_kwargs=synth_kwargs, fmt=fmt, sample_rate=sample_rate)
+            job = Job(id=uuid.uuid4().hex, request=request, fmt=fmt, sample_rate=sample_rate)
             self._jobs[job.id] = job
             job.future = self._executor.submit(self._run, job)
         logger.info("job %s queued (%d unfinished)", job.id, unfinished + 1)
@@ -208,7 +208,7 @@ class JobRunner:
         job.state = state
         job.stage = stage
         job.finished_at = time.time()
-        job.synth_kwargs = {}  # drop the reference audio bytes
+        job.request = None  # drop the reference audio bytes
         if error is not None:
             job.error = {"code": error.code, "message": error.message, "status": error.status_code}
 
@@ -216,9 +216,10 @@ class JobRunner:
         """Synthesise the job's audio. A full GPU queue (QueueFull) is not the job's failure: the client was
         already told 202, so the job waits its turn, retrying after the queue's Retry-After until it gets in
         or is cancelled."""
+        assert job.request is not None  # a job is finished (and its request dropped) only after this returns
         while True:
             try:
-                return self.service.synthesize(**job.synth_kwargs, progress=job.on_progress, cancel=job.cancel)
+                return self.service.synthesize(job.request, progress=job.on_progress, cancel=job.cancel)
             except QueueFull as e:
                 wait_s = min(max(e.retry_after_s, MIN_QUEUE_RETRY_S), MAX_QUEUE_RETRY_S)
                 job.stage = "waiting_for_gpu_queue"

@@ -17,7 +17,6 @@ import itertools
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +39,7 @@ from api_common import (
 from llasa.audio import AUDIO_FORMATS, encode_audio
 from llasa.errors import Cancelled, InvalidInput, TTSError, VoiceNotFound
 from llasa.outputs import FORMAT_EXTENSIONS
-from llasa.types import SAMPLE_RATE, TranscriptionResult
+from llasa.types import SAMPLE_RATE, SynthesisRequest, TranscriptionRequest, TranscriptionResult
 
 logger = logging.getLogger(__name__)
 
@@ -238,15 +237,18 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
             raise InvalidInput(
                 f"stream_format {stream_format!r} is not supported; use audio or sse", field="stream_format"
             )
-        kwargs = {
-            "text": parse_text(fields.get("input"), "input", required=True),
-            "voice": resolve_voice(fields.get("voice")),
-            "language": parse_text(fields.get("language"), "language"),
-            "params": parse_generation_params(fields),
-        }
+        endpoint = {"sse": "speech_sse", "audio": "speech_stream"}.get(stream_format or "", "speech")
+        synthesis = SynthesisRequest(
+            text=parse_text(fields.get("input"), "input", required=True),
+            voice=resolve_voice(fields.get("voice")),
+            language=parse_text(fields.get("language"), "language"),
+            params=parse_generation_params(fields),
+            surface="rest",
+            endpoint=endpoint,
+        )
         if stream_format:
-            return _stream_speech(ctx, kwargs, fmt=fmt, speed=speed, sse=stream_format == "sse")
-        result = ctx.synthesize("speech", kwargs)
+            return _stream_speech(ctx, synthesis, fmt=fmt, speed=speed, sse=stream_format == "sse")
+        result = ctx.synthesize(synthesis)
         audio = time_stretch(result.audio, result.sample_rate, speed)
         data = encode_audio(audio, result.sample_rate, fmt, target_sample_rate=OPENAI_SAMPLE_RATE)
         headers = synthesis_headers(result, sample_rate=OPENAI_SAMPLE_RATE, fmt=fmt)
@@ -319,7 +321,10 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
             audio = decode_base64_audio(fields.get("file"), "file", settings)
         if audio is None:
             raise InvalidInput("file is missing; upload the audio as multipart field 'file'", field="file")
-        result = service.transcribe(audio, language=parse_text(fields.get("language"), "language"))
+        language = parse_text(fields.get("language"), "language")
+        result = service.transcribe(
+            TranscriptionRequest(audio, language, surface="rest", endpoint="openai_transcriptions")
+        )
         if fmt == "json":
             return jsonify({"text": result.text})
         if fmt == "verbose_json":
@@ -566,20 +571,20 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
     )
 
 
-def _stream_speech(ctx: ApiContext, kwargs: dict[str, Any], *, fmt: str, speed: float, sse: bool) -> Response:
-    """Start a streamed synthesis; errors up to the first chunk still become a normal HTTP error response."""
-    endpoint = "speech_sse" if sse else "speech_stream"
+def _stream_speech(ctx: ApiContext, synthesis: SynthesisRequest, *, fmt: str, speed: float, sse: bool) -> Response:
+    """Start a streamed synthesis; errors up to the first chunk still become a normal HTTP error response.
+
+    The service counts the synthesis (pieces, outcome, duration) in its metrics; closing `pieces` early is a
+    cancellation there."""
     cancel = threading.Event()
     watch = DisconnectWatch(request.environ, cancel).start()
-    started = time.perf_counter()
     try:
-        pieces = ctx.service.synthesize_stream(**kwargs, cancel=cancel)
+        pieces = ctx.service.synthesize_stream(synthesis, cancel=cancel)
         # Waiting for the GPU slot and the first chunk here lets a full queue (429), a busy GPU (503) or a
         # failed first chunk answer with a proper status instead of a broken stream.
         first = next(pieces)
-    except BaseException as e:
+    except BaseException:
         watch.stop()
-        ctx.metrics.record_outcome(endpoint, "cancelled" if isinstance(e, Cancelled) else "error")
         raise
     encoder = StreamEncoder(fmt, SAMPLE_RATE, output_rate=OPENAI_SAMPLE_RATE, speed=speed)
 
@@ -595,7 +600,6 @@ def _stream_speech(ctx: ApiContext, kwargs: dict[str, Any], *, fmt: str, speed: 
                 data = encoder.push(piece.audio)
                 if piece.final:
                     data += encoder.finish()
-                ctx.metrics.stream_chunks.labels(endpoint).inc()
                 if data:
                     yield (
                         sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
@@ -630,13 +634,6 @@ def _stream_speech(ctx: ApiContext, kwargs: dict[str, Any], *, fmt: str, speed: 
                 cancel.set()
                 pieces.close()  # leaves the GPU slot at once
                 encoder.close()
-                ctx.metrics.record_outcome(endpoint, outcome)
-            else:
-                audio_s = samples_in / SAMPLE_RATE
-                elapsed = time.perf_counter() - started
-                ctx.metrics.record_synthesis(
-                    endpoint, seconds=elapsed, audio_s=audio_s, rtf=elapsed / audio_s if audio_s else 0.0
-                )
 
     mimetype = "text/event-stream" if sse else AUDIO_FORMATS[fmt]
     headers = {

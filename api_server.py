@@ -46,7 +46,7 @@ from llasa.config import Settings
 from llasa.errors import Busy, InvalidInput, TTSError, Unauthorized
 from llasa.outputs import FORMAT_EXTENSIONS
 from llasa.outputs import cleanup_interval_s as cleanup_interval_s_for
-from llasa.types import SAMPLE_RATE
+from llasa.types import SAMPLE_RATE, SynthesisRequest, TranscriptionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -260,19 +260,21 @@ def _register_hooks(app: Flask, ctx: ApiContext) -> None:
         return response
 
 
-def _tts_arguments(ctx: ApiContext, fields: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
-    """TTSService.synthesize keyword arguments from /api/tts fields (multipart or JSON)."""
+def _tts_request(ctx: ApiContext, fields: dict[str, Any], files: dict[str, Any], endpoint: str) -> SynthesisRequest:
+    """The SynthesisRequest of /api/tts fields (multipart or JSON)."""
     reference = read_upload(files, "reference_audio")
     if reference is None:
         reference = decode_base64_audio(fields.get("reference_audio"), "reference_audio", ctx.settings)
-    return {
-        "text": parse_text(fields.get("text"), "text", required=True),
-        "reference_audio": reference,
-        "reference_text": parse_text(fields.get("reference_text"), "reference_text"),
-        "voice": parse_text(fields.get("voice"), "voice"),
-        "language": parse_text(fields.get("language"), "language"),
-        "params": parse_generation_params(fields),
-    }
+    return SynthesisRequest(
+        text=parse_text(fields.get("text"), "text", required=True),
+        reference_audio=reference,
+        reference_text=parse_text(fields.get("reference_text"), "reference_text"),
+        voice=parse_text(fields.get("voice"), "voice"),
+        language=parse_text(fields.get("language"), "language"),
+        params=parse_generation_params(fields),
+        surface="rest",
+        endpoint=endpoint,
+    )
 
 
 def _audio_format(value: object, field: str = "format", default: str = "wav") -> str:
@@ -358,7 +360,7 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
             description: missing or wrong API key
             schema: {$ref: '#/definitions/Error'}
         """
-        return jsonify(service.gpu_status())
+        return jsonify(service.gpu_status().to_dict())
 
     def _model_name(fields: dict[str, Any]) -> str | None:
         # An unknown name is the GPU manager's NotFound (404), with the same message MCP gives.
@@ -498,7 +500,8 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
             audio = decode_base64_audio(fields.get("audio"), "audio", settings)
         if audio is None:
             raise InvalidInput("audio is missing; upload the file as multipart field 'audio'", field="audio")
-        result = service.transcribe(audio, language=parse_text(fields.get("language"), "language"))
+        language = parse_text(fields.get("language"), "language")
+        result = service.transcribe(TranscriptionRequest(audio, language, surface="rest", endpoint="transcribe"))
         return jsonify(result.to_dict())
 
     @app.post("/api/tts")
@@ -641,15 +644,15 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
         sample_rate = parse_sample_rate(fields.get("sample_rate"))
         # The format/rate pair is checked before any GPU work: a 400 now, not after a synthesis (or a failed job).
         validate_output(fmt, sample_rate or SAMPLE_RATE)
-        kwargs = _tts_arguments(ctx, fields, files)
+        synthesis = _tts_request(ctx, fields, files, "tts_job" if is_async else "tts")
         if is_async:
             # A bad request must get its 4xx now, not become a failed job.
-            service.validate_synthesis(**kwargs)
-            job = ctx.jobs.submit(kwargs, fmt=fmt, sample_rate=sample_rate)
+            service.validate_synthesis(synthesis)
+            job = ctx.jobs.submit(synthesis, fmt=fmt, sample_rate=sample_rate)
             response = jsonify(job.to_dict(output_url))
             response.headers["Location"] = f"/api/jobs/{job.id}"
             return response, 202
-        result = ctx.synthesize("tts", kwargs)
+        result = ctx.synthesize(synthesis)
         rate = sample_rate or result.sample_rate
         if as_json:
             saved = service.save_output(result, fmt, sample_rate=sample_rate)

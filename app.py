@@ -27,7 +27,7 @@ import gradio as gr
 from llasa.bootstrap import FrontEnd, bind, client_host, load_settings_or_exit, run_alone, start_process
 from llasa.config import Settings
 from llasa.errors import AudioTooShort, Busy, Cancelled, SilentAudio, TTSError
-from llasa.types import SAMPLE_RATE, GenerationParams
+from llasa.types import SAMPLE_RATE, DeviceStatus, GenerationParams, SynthesisRequest, TranscriptionRequest
 from ui_i18n import STRINGS, language_of, static_translations, text
 
 if TYPE_CHECKING:
@@ -133,13 +133,6 @@ def _seconds_text(value: object, lang: str) -> str:
     return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
-def _first(mapping: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if mapping.get(key) is not None:
-            return mapping[key]
-    return None
-
-
 def _optional_number(value: object) -> float | None:
     if value is None or value == "":
         return None
@@ -222,7 +215,9 @@ class _WebUI:
             if kept is not None:
                 # Exactly the samples the service keeps (and transcribes itself when it trims).
                 source, kept_s = kept
-            result = self.service.transcribe(source, language=language or None)
+            result = self.service.transcribe(
+                TranscriptionRequest(source, language or None, surface="webui", endpoint="transcribe")
+            )
         if not result.text.strip():
             gr.Warning(text(lang, "no_speech"))
         return result.text.strip(), kept_s
@@ -249,13 +244,14 @@ class _WebUI:
 
     def _voice_arguments(
         self, lang: str, voice_mode: str, reference_audio: str | None, reference_text: str | None, voice: str | None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bool]:
+        """The request's voice fields for the chosen mode, and whether the UI itself trimmed the reference."""
         if voice_mode == MODE_SAVED:
             if not voice:
                 raise self._error(lang, text(lang, "need_voice"), "voice_not_found")
-            return {"voice": voice}
+            return {"voice": voice}, False
         if voice_mode == MODE_NONE:
-            return {}
+            return {}, False
         if not reference_audio:
             raise self._error(lang, text(lang, "need_reference"))
         transcript = (reference_text or "").strip()
@@ -264,8 +260,8 @@ class _WebUI:
             # corrected): send exactly that part, so the service has nothing to trim and keeps the transcript.
             kept = self._kept_part(reference_audio)
             if kept is not None:
-                return {"reference_audio": kept[0], "reference_text": transcript, "kept_by_ui": True}
-        return {"reference_audio": reference_audio, "reference_text": transcript or None}
+                return {"reference_audio": kept[0], "reference_text": transcript}, True
+        return {"reference_audio": reference_audio, "reference_text": transcript or None}, False
 
     def _kept_part(self, reference_audio: str) -> tuple[bytes, float] | None:
         """The clip as the service would trim it (wav bytes, kept seconds); None when it is used whole. A clip
@@ -324,8 +320,7 @@ class _WebUI:
                 raise self._error(
                     lang, f"format {fmt!r} is not supported; use one of {', '.join(self.formats)}", "invalid_input"
                 )
-            arguments = self._voice_arguments(lang, voice_mode, reference_audio, reference_text, voice)
-            kept_by_ui = arguments.pop("kept_by_ui", False)
+            voice_fields, kept_by_ui = self._voice_arguments(lang, voice_mode, reference_audio, reference_text, voice)
             seed_value = None if seed is None or seed == "" or float(seed) < 0 else int(seed)
             params = GenerationParams(
                 temperature=_optional_number(temperature),
@@ -335,16 +330,19 @@ class _WebUI:
                 max_audio_seconds=_optional_number(max_seconds),
                 seed=seed_value,
             )
+            synthesis = SynthesisRequest(
+                text=text_input or "",
+                language=language or None,
+                params=params,
+                surface="webui",
+                endpoint="synthesize",
+                **voice_fields,
+            )
             progress(0, desc=text(lang, "stage_queue"))
             try:
                 with self._cancel_scope(request) as cancel:
                     result = self.service.synthesize(
-                        text_input or "",
-                        language=language or None,
-                        params=params,
-                        progress=self._progress_reporter(progress, lang),
-                        cancel=cancel,
-                        **arguments,
+                        synthesis, progress=self._progress_reporter(progress, lang), cancel=cancel
                     )
             except Cancelled:
                 # The user asked for it: a notice, not an error, and the previous result stays on screen.
@@ -543,51 +541,45 @@ class _WebUI:
 
     def _gpu_views(self, lang: str) -> tuple[str, str, dict[str, Any]]:
         status = self.service.gpu_status()
-        models = status.get("models", {}) or {}
         columns = ("col_model", "col_state", "col_device", "col_memory", "col_idle", "col_leases", "col_loads")
         rows = [
             "| " + " | ".join(text(lang, c) for c in columns) + " |",
             "|" + "---|" * len(columns),
         ]
-        for name, raw in models.items():
-            info = raw or {}
-            loads = _first(info, "load_count", "loads")
-            offloads = _first(info, "offload_count", "offloads")
+        for name, info in status.models.items():
             rows.append(
-                f"| **{_md(name)}** | {_md(self._state_text(info.get('state'), lang))} "
-                f"| {_md(info.get('device') or '–')} "
-                f"| {_bytes_text(_first(info, 'size_bytes', 'bytes', 'memory_bytes'))} "
-                f"| {_seconds_text(_first(info, 'idle_s', 'idle_seconds'), lang)} "
-                f"| {_first(info, 'leases', 'active_leases') or 0} "
-                f"| {loads if loads is not None else '–'} / {offloads if offloads is not None else '–'} |"
+                f"| **{_md(name)}** | {_md(self._state_text(info.state, lang))} "
+                f"| {_md(info.device or '–')} "
+                f"| {_bytes_text(info.size_bytes)} "
+                f"| {_seconds_text(info.idle_s, lang)} "
+                f"| {info.leases} "
+                f"| {info.loads} / {info.offloads} |"
             )
-        card = self._card_markdown(status.get("device") or {}, lang)
-        return "\n".join(rows), card, status
+        card = self._card_markdown(status.device, lang)
+        return "\n".join(rows), card, status.to_dict()
 
     @staticmethod
     def _state_text(state: object, lang: str) -> str:
         key = f"state_{state}"
         return text(lang, key) if key in STRINGS["en"] else str(state or "–")
 
-    def _card_markdown(self, device: dict[str, Any], lang: str) -> str:
-        total = _first(device, "total_bytes", "memory_total_bytes")
+    def _card_markdown(self, device: DeviceStatus, lang: str) -> str:
         lines = []
-        if device.get("kind") == "cpu" or not str(device.get("name", "cuda")).startswith("cuda"):
+        if device.kind == "cpu":
             lines.append(text(lang, "card_none"))
-        if total:
+        if device.total_bytes:
             lines.append(
                 text(
                     lang,
                     "card_line",
-                    name=_md(_first(device, "name", "device") or "GPU"),
-                    used=_bytes_text(_first(device, "used_bytes", "memory_used_bytes")),
-                    free=_bytes_text(_first(device, "free_bytes", "memory_free_bytes")),
-                    total=_bytes_text(total),
+                    name=_md(device.name),
+                    used=_bytes_text(device.used_bytes),
+                    free=_bytes_text(device.free_bytes),
+                    total=_bytes_text(device.total_bytes),
                 )
             )
-            process = _first(device, "process_bytes", "allocated_bytes", "process_used_bytes")
-            if process is not None:
-                lines.append(text(lang, "card_process", bytes=_bytes_text(process)))
+            if device.process_bytes is not None:
+                lines.append(text(lang, "card_process", bytes=_bytes_text(device.process_bytes)))
         lines.append(text(lang, "queue_line", depth=self.service.queue_depth))
         return "  \n".join(lines)
 
@@ -647,16 +639,8 @@ class _WebUI:
 
     def timeout_values(self) -> tuple[float, float, bool]:
         """The manager's current timeouts, for the GPU tab's inputs."""
-        status = self.service.gpu_status()
-        current = status.get("settings", {}) or {}
-        idle = _first(current, "idle_timeout_s", "gpu_idle_timeout")
-        evict = _first(current, "evict_timeout_s", "model_evict_timeout")
-        after = _first(current, "offload_after_use", "gpu_offload_after_use")
-        return (
-            float(idle if idle is not None else self.settings.gpu_idle_timeout),
-            float(evict if evict is not None else self.settings.model_evict_timeout),
-            bool(after if after is not None else self.settings.gpu_offload_after_use),
-        )
+        policy = self.service.gpu_status().settings
+        return policy.idle_timeout_s, policy.evict_timeout_s, policy.offload_after_use
 
     # --- API & MCP ----------------------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from llasa.audio import AUDIO_FORMATS, validate_output
 from llasa.bootstrap import FrontEnd, bind, client_host, load_settings_or_exit, run_alone, run_logged, start_process
 from llasa.config import Settings
 from llasa.errors import TTSError
-from llasa.types import MAX_SEED, SAMPLE_RATE, GenerationParams
+from llasa.types import MAX_SEED, SAMPLE_RATE, GenerationParams, SynthesisRequest, TranscriptionRequest
 from mcp_inputs import read_audio_input
 
 if TYPE_CHECKING:
@@ -295,16 +295,17 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
                 "reference_audio_base64",
                 required=False,
             )
-            result = service.synthesize(
-                text,
+            synthesis = SynthesisRequest(
+                text=text,
                 reference_audio=reference,
                 reference_text=reference_text,
                 voice=voice,
                 language=language,
                 params=params,
-                progress=progress,
-                cancel=cancel,
+                surface="mcp",
+                endpoint="generate_speech",
             )
+            result = service.synthesize(synthesis, progress=progress, cancel=cancel)
             saved = service.save_output(result, fmt, sample_rate=sample_rate)
             return _speech_result(result, saved, settings, sample_rate)
 
@@ -330,7 +331,8 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         with _tool_errors("transcribe_audio"):
             audio = read_audio(audio_path, audio_base64, "audio_path", "audio_base64", required=True)
             assert audio is not None
-            return service.transcribe(audio, language=language).to_dict()
+            transcription = TranscriptionRequest(audio, language, surface="mcp", endpoint="transcribe_audio")
+            return service.transcribe(transcription).to_dict()
 
     @tool(annotations=_READ_ONLY_IDEMPOTENT)
     def get_gpu_status() -> dict[str, Any]:
@@ -341,7 +343,7 @@ def create_mcp(service: TTSService, settings: Settings) -> FastMCP:
         `settings` (the offload and eviction timeouts in force). Changes nothing.
         """
         with _tool_errors("get_gpu_status"):
-            return service.gpu_status()
+            return service.gpu_status().to_dict()
 
     @tool(annotations=_ADDITIVE_IDEMPOTENT)
     def offload_gpu(model: ModelName = None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from api_server import RunningServer, create_app  # noqa: E402
 from llasa.audio import encode_audio  # noqa: E402
 from llasa.config import Settings  # noqa: E402
 from llasa.service import TTSService  # noqa: E402
-from llasa.types import GenerationParams  # noqa: E402
+from llasa.types import GenerationParams, SynthesisRequest  # noqa: E402
 
 SHORT_TEXT = "The quick brown fox jumps over the lazy dog."
 # About 30 s of speech by the text estimate: two chunks (the service plans chunks of at most 20 s).
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             def consume_stream(seed: int) -> float | None:
                 first: float | None = None
                 stream_params = GenerationParams(seed=seed, max_audio_seconds=args.stream_chunk_seconds)
-                for piece in service.synthesize_stream(STREAM_TEXT, params=stream_params):
+                for piece in service.synthesize_stream(SynthesisRequest(STREAM_TEXT, params=stream_params)):
                     if first is None and len(piece.audio):
                         first = time.perf_counter()
                 return first

@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from llasa.types import SynthesisRequest  # noqa: E402
+
 
 def _tiny_models() -> Path:
     sys.path.insert(0, str(REPO / "tests"))
@@ -67,13 +69,13 @@ def main() -> None:
     params = GenerationParams(max_audio_seconds=args.new_tokens / 50, seed=0)
 
     # Warm-up: loads every model, so part 1 measures steady-state requests.
-    service.synthesize("Warm up.", reference_audio=args.reference, params=params)
+    service.synthesize(SynthesisRequest("Warm up.", reference_audio=args.reference, params=params))
 
     stages: dict[str, list[float]] = {}
     for run in range(args.runs):
         params.seed = run
         result = service.synthesize(
-            "The benchmark reads this sentence aloud.", reference_audio=args.reference, params=params
+            SynthesisRequest("The benchmark reads this sentence aloud.", reference_audio=args.reference, params=params)
         )
         for stage, seconds in result.timings_s.items():
             stages.setdefault(stage, []).append(seconds)

@@ -283,10 +283,7 @@ class Launcher:
         return 0
 
     def _busy(self) -> bool:
-        status = self.service.gpu_status()
-        queue = status.get("queue", {})
-        leases = sum(int(model.get("leases", 0) or 0) for model in status.get("models", {}).values())
-        return bool(queue.get("busy")) or int(queue.get("depth", 0) or 0) > 0 or leases > 0
+        return self.service.gpu_status().busy
 
     def shutdown(self) -> None:
         """Stop taking requests, give running ones `grace_s` to finish, release every model."""
@@ -310,6 +307,6 @@ class Launcher:
             except Exception:
                 logger.exception("stopping the %s failed", front.label)
         self.service.shutdown()
-        models = self.service.gpu_status().get("models", {})
-        states = ", ".join(f"{name} {info.get('state')}" for name, info in models.items())
+        models = self.service.gpu_status().models
+        states = ", ".join(f"{name} {info.state}" for name, info in models.items())
         logger.info("shutdown complete, every model released (%s)", states or "no models")

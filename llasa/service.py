@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -38,8 +37,9 @@ from llasa.audio import (
 )
 from llasa.config import Settings
 from llasa.errors import Cancelled, GenerationFailed, InvalidInput, VoiceExists
+from llasa.metrics import ServiceMetrics
 from llasa.outputs import OutputStore, SavedOutput, cleanup_interval_s
-from llasa.text import chunk_text, estimate_speech_codes, normalize_text
+from llasa.text import chunk_text, estimate_speech_codes, normalize_text, refuse_control_markup
 from llasa.types import (
     CODES_PER_SECOND,
     MAX_SEED,
@@ -48,8 +48,11 @@ from llasa.types import (
     AudioPiece,
     AudioSource,
     GenerationParams,
+    GPUStatus,
     ProgressCallback,
+    SynthesisRequest,
     SynthesisResult,
+    TranscriptionRequest,
     TranscriptionResult,
 )
 from llasa.voices import VoiceInfo, VoiceLibrary
@@ -121,28 +124,35 @@ class TTSService:
             Path(folder).mkdir(parents=True, exist_ok=True)
         self._cleanup_stop = threading.Event()
         self._cleanup_thread: threading.Thread | None = None
+        self.metrics = ServiceMetrics(self.gpu_status, lambda: self.queue_depth)
 
     # --- synthesis -----------------------------------------------------------------------------------------
 
     def synthesize(
         self,
-        text: str,
+        request: SynthesisRequest,
         *,
-        reference_audio: AudioSource | None = None,
-        reference_text: str | None = None,
-        voice: str | None = None,
-        language: str | None = None,
-        params: GenerationParams | None = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> SynthesisResult:
-        """Speak `text` in the voice of `reference_audio` (or of the saved `voice`, or the model's own voice).
+        """Speak `request.text` in the voice of its reference audio (or saved voice, or the model's own voice).
 
-        `reference_text` is the reference's transcript; without it faster-whisper transcribes the reference
-        (in `language`, or detected). Raises an `llasa.errors.TTSError` subclass for anything the caller can fix.
+        Without `reference_text` faster-whisper transcribes the reference (in `language`, or detected). Raises an
+        `llasa.errors.TTSError` subclass for anything the caller can fix. Counted in the metrics by surface.
         """
         started = time.perf_counter()
-        plan = self._plan(text, reference_audio, reference_text, voice, language, params)
+        try:
+            result = self._synthesize(self._plan(request), progress, cancel)
+        except BaseException as exc:
+            self.metrics.record_synthesis_failure(request, exc)
+            raise
+        self.metrics.record_synthesis(request, seconds=time.perf_counter() - started, audio_s=result.duration_s)
+        return result
+
+    def _synthesize(
+        self, plan: _Plan, progress: ProgressCallback | None, cancel: threading.Event | None
+    ) -> SynthesisResult:
+        started = time.perf_counter()
         timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
         pieces: list[np.ndarray] = []
         num_codes = 0
@@ -178,38 +188,42 @@ class TTSService:
 
     def synthesize_stream(
         self,
-        text: str,
+        request: SynthesisRequest,
         *,
-        reference_audio: AudioSource | None = None,
-        reference_text: str | None = None,
-        voice: str | None = None,
-        language: str | None = None,
-        params: GenerationParams | None = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> Iterator[AudioPiece]:
         """Like synthesize(), but yields audio as each text chunk is done.
 
         The pieces, concatenated, equal synthesize()'s audio for the same seed (the crossfade tail of a chunk is
-        held back until the next one arrives). The arguments are validated before the first piece, so a bad
-        request fails when this is called, not while the response streams. Closing the iterator early stops the
-        generation and frees the GPU.
+        held back until the next one arrives). The request is checked before the first piece, so a bad request
+        fails when this is called, not while the response streams. Closing the iterator early stops the
+        generation and frees the GPU (counted as cancelled).
         """
-        plan = self._plan(text, reference_audio, reference_text, voice, language, params)
-        return self._stream(plan, progress, cancel)
+        try:
+            plan = self._plan(request)
+        except BaseException as exc:
+            self.metrics.record_synthesis_failure(request, exc)
+            raise
+        return self._metered_stream(request, self._stream(plan, progress, cancel))
 
-    def validate_synthesis(
-        self,
-        text: str,
-        *,
-        reference_audio: AudioSource | None = None,
-        reference_text: str | None = None,
-        voice: str | None = None,
-        language: str | None = None,
-        params: GenerationParams | None = None,
-    ) -> None:
-        """Raise what synthesize() would raise for these arguments before touching a model (for job queues)."""
-        self._plan(text, reference_audio, reference_text, voice, language, params)
+    def _metered_stream(self, request: SynthesisRequest, pieces: Iterator[AudioPiece]) -> Iterator[AudioPiece]:
+        started = time.perf_counter()
+        samples = 0
+        try:
+            with closing(pieces):  # type: ignore[type-var]  # a generator has close()
+                for piece in pieces:
+                    samples += len(piece.audio)
+                    self.metrics.record_stream_piece(request)
+                    yield piece
+        except BaseException as exc:
+            self.metrics.record_synthesis_failure(request, exc)
+            raise
+        self.metrics.record_synthesis(request, seconds=time.perf_counter() - started, audio_s=samples / SAMPLE_RATE)
+
+    def validate_synthesis(self, request: SynthesisRequest) -> None:
+        """Raise what synthesize() would raise for this request before touching a model (for job queues)."""
+        self._plan(request)
 
     def _stream(
         self, plan: _Plan, progress: ProgressCallback | None, cancel: threading.Event | None
@@ -235,76 +249,46 @@ class TTSService:
     def _crossfade_samples(self) -> int:
         return int(SAMPLE_RATE * self.settings.crossfade_ms / 1000)
 
-    def _plan(
-        self,
-        text: str,
-        reference_audio: AudioSource | None,
-        reference_text: str | None,
-        voice: str | None,
-        language: str | None,
-        params: GenerationParams | None,
-    ) -> _Plan:
-        """Validate everything that can be checked without a model, so bad requests never wait in the queue."""
-        if not isinstance(text, str):
-            raise InvalidInput(f"text must be a string, got {type(text).__name__}", field="text")
-        cleaned = normalize_text(text)
-        if not cleaned:
-            raise InvalidInput("text is empty; give the words to speak", field="text")
-        if len(cleaned) > self.settings.max_text_chars:
+    def _plan(self, request: SynthesisRequest) -> _Plan:
+        """The checks that need settings or the disk (the request checked its own fields when it was made), so
+        bad requests never wait in the queue."""
+        if not isinstance(request, SynthesisRequest):
+            raise TypeError(f"synthesize() takes a SynthesisRequest, got {type(request).__name__}")
+        if len(request.text) > self.settings.max_text_chars:
             raise InvalidInput(
-                f"text is {len(cleaned)} characters long; the limit is {self.settings.max_text_chars} "
+                f"text is {len(request.text)} characters long; the limit is {self.settings.max_text_chars} "
                 "(MAX_TEXT_CHARS); split it into several requests",
                 field="text",
             )
-        _refuse_control_markup(cleaned, "text")
-        plan = _Plan(text=cleaned, params=self._resolve_params(params), language=self._check_language(language))
-        if reference_text is not None and not isinstance(reference_text, str):
-            raise InvalidInput("reference_text must be a string", field="reference_text")
-        reference_text = normalize_text(reference_text) if reference_text else None
-        if reference_text:
-            _refuse_control_markup(reference_text, "reference_text")
-        if voice is not None and not isinstance(voice, str):
-            raise InvalidInput("voice must be the name of a saved voice", field="voice")
-        voice = voice.strip() if voice and voice.strip() else None
-        if voice and reference_audio is not None:
-            raise InvalidInput("give either a saved voice or reference_audio, not both", field="voice")
-        if voice:
-            if reference_text:
-                raise InvalidInput(
-                    "reference_text cannot be combined with a saved voice (the voice has its own transcript; "
-                    "edit it by saving the voice again)",
-                    field="reference_text",
-                )
-            plan.voice = self.voices.get(voice)
-        elif reference_audio is not None:
+        plan = _Plan(
+            text=request.text,
+            params=self._resolve_params(request.params),
+            language=self._check_language(request.language),
+        )
+        if request.voice:
+            plan.voice = self.voices.get(request.voice)
+        elif request.reference_audio is not None:
             plan.prepared = prepare_reference(
-                reference_audio,
+                request.reference_audio,
                 max_seconds=self.settings.max_reference_seconds,
                 min_seconds=self.settings.min_reference_seconds,
                 max_bytes=self.settings.max_upload_bytes,
             )
-            plan.reference_text = reference_text
+            plan.reference_text = request.reference_text
             if plan.prepared.trimmed:
                 notice = (
                     f"the reference audio was {plan.prepared.original_seconds:.1f} s long and was trimmed to "
                     f"{len(plan.prepared.samples) / SAMPLE_RATE:.1f} s (MAX_REFERENCE_SECONDS)"
                 )
-                if reference_text:
+                if request.reference_text:
                     # The transcript must match the audio the model hears, and a given transcript covers the
                     # whole clip: transcribe the part that is kept instead.
                     notice += "; its transcript was redone for the part that was kept"
                     plan.reference_text = None
                 plan.warnings.append(notice)
-        elif reference_text:
-            raise InvalidInput(
-                "reference_text was given without reference_audio; add the audio it transcribes, or drop it",
-                field="reference_text",
-            )
         return plan
 
-    def _resolve_params(self, params: GenerationParams | None) -> _ResolvedParams:
-        params = params or GenerationParams()
-        params.validate()
+    def _resolve_params(self, params: GenerationParams) -> _ResolvedParams:
         s = self.settings
         seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
         return _ResolvedParams(
@@ -510,12 +494,19 @@ class TTSService:
 
     # --- transcription -------------------------------------------------------------------------------------
 
-    def transcribe(self, audio: AudioSource, *, language: str | None = None) -> TranscriptionResult:
+    def transcribe(self, request: TranscriptionRequest) -> TranscriptionResult:
         """Transcribe speech with faster-whisper (voice-activity filter on). Silence gives empty text."""
-        code = self._check_language(language)
-        samples = load_audio(audio, sample_rate=SAMPLE_RATE, max_bytes=self.settings.max_upload_bytes)
-        with self.manager.gpu_slot():
-            return self._transcribe_samples(samples, code)
+        started = time.perf_counter()
+        try:
+            code = self._check_language(request.language)
+            samples = load_audio(request.audio, sample_rate=SAMPLE_RATE, max_bytes=self.settings.max_upload_bytes)
+            with self.manager.gpu_slot():
+                result = self._transcribe_samples(samples, code)
+        except BaseException as exc:
+            self.metrics.record_transcription(request, seconds=None, error=exc)
+            raise
+        self.metrics.record_transcription(request, seconds=time.perf_counter() - started, error=None)
+        return result
 
     def _transcribe_samples(
         self, samples: np.ndarray, language: str | None, timings: dict[str, float] | None = None
@@ -562,7 +553,7 @@ class TTSService:
             max_bytes=self.settings.max_upload_bytes,
         )
         given = normalize_text(transcript) if transcript else ""
-        _refuse_control_markup(given, "transcript")
+        refuse_control_markup(given, "transcript")
         warnings = []
         if given and prepared.trimmed:
             warnings.append(
@@ -590,7 +581,7 @@ class TTSService:
         if not isinstance(transcript, str) or not normalize_text(transcript):
             raise InvalidInput("transcript is empty; give the words spoken in the voice's audio", field="transcript")
         cleaned = normalize_text(transcript)
-        _refuse_control_markup(cleaned, "transcript")
+        refuse_control_markup(cleaned, "transcript")
         return self.voices.update_transcript(name, cleaned)
 
     def delete_voice(self, name: str) -> None:
@@ -633,8 +624,9 @@ class TTSService:
 
     # --- GPU control and status ----------------------------------------------------------------------------
 
-    def gpu_status(self) -> dict[str, Any]:
-        return self.manager.status()
+    def gpu_status(self) -> GPUStatus:
+        """The device, every model, the residency policy and the queue, typed (`llasa.types.GPUStatus`)."""
+        return self.manager.snapshot()
 
     def offload(self, name: str | None = None) -> dict[str, Any]:
         return self.manager.offload(name)
@@ -663,12 +655,12 @@ class TTSService:
         return int(self.manager.queue_depth)
 
     def health(self) -> dict[str, Any]:
-        status = self.manager.status()
+        status = self.manager.snapshot()
         return {
             "status": "ok",
             "version": __version__,
             "device": self.manager.device,
-            "models": {name: info.get("state") for name, info in status.get("models", {}).items()},
+            "models": {name: info.state for name, info in status.models.items()},
         }
 
     def shutdown(self) -> None:
@@ -677,20 +669,6 @@ class TTSService:
         if self._cleanup_thread is not None:
             self._cleanup_thread.join(timeout=5)
         self.manager.shutdown()
-
-
-_CONTROL_MARKUP = re.compile(r"<\|[^<>|\s]{1,64}\|>")
-
-
-def _refuse_control_markup(text: str, field: str) -> None:
-    """Text that spells a model token (`<|s_5|>`, `<|eot_id|>`) would be tokenized as that token and break the
-    prompt's structure; refuse it instead of letting it steer the model."""
-    found = _CONTROL_MARKUP.search(text)
-    if found:
-        raise InvalidInput(
-            f"{field} contains model control markup {found.group(0)!r}; remove the '<|...|>' sequences",
-            field=field,
-        )
 
 
 def _notify(progress: ProgressCallback | None, done: int, total: int, stage: str) -> None:

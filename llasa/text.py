@@ -395,5 +395,20 @@ __all__ = [
     "estimate_speech_codes",
     "estimate_speech_seconds",
     "normalize_text",
+    "refuse_control_markup",
     "split_sentences",
 ]
+
+
+_CONTROL_MARKUP = re.compile(r"<\|[^<>|\s]{1,64}\|>")
+
+
+def refuse_control_markup(text: str, field: str) -> None:
+    """Text that spells a model token (`<|s_5|>`, `<|eot_id|>`) would be tokenized as that token and break the
+    prompt's structure; refuse it instead of letting it steer the model."""
+    found = _CONTROL_MARKUP.search(text)
+    if found:
+        raise InvalidInput(
+            f"{field} contains model control markup {found.group(0)!r}; remove the '<|...|>' sequences",
+            field=field,
+        )

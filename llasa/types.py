@@ -137,3 +137,184 @@ class AudioPiece:
     final: bool = False
     seed: int | None = None
     """The seed the whole synthesis uses (repeat it to get the same audio)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Requests: what a face builds from its wire format and hands to the service
+
+
+SURFACES = ("rest", "mcp", "webui", "core")
+"""Which face asked (the `surface` label of every metric); "core" = a caller inside the process (tests, tools)."""
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One synthesis as every face builds it (REST, MCP, the UI, async jobs), checked once when it is made.
+
+    Everything that can be checked without settings or models is checked here (types, empty text, control
+    markup, parameter ranges, which reference fields go together) and raises `InvalidInput` naming the field;
+    the service checks the rest (MAX_TEXT_CHARS, the language, decoding the reference) before the GPU queue.
+    `text` and `reference_text` are stored normalised; `voice` is None when blank.
+    """
+
+    text: str
+    reference_audio: AudioSource | None = None
+    reference_text: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+    surface: str = "core"
+    endpoint: str = ""
+    """The route, tool or tab inside the face (a metrics label): "tts", "speech_stream", "generate_speech"..."""
+
+    def __post_init__(self) -> None:
+        from llasa.text import normalize_text, refuse_control_markup
+
+        if not isinstance(self.text, str):
+            raise InvalidInput(f"text must be a string, got {type(self.text).__name__}", field="text")
+        text = normalize_text(self.text)
+        if not text:
+            raise InvalidInput("text is empty; give the words to speak", field="text")
+        refuse_control_markup(text, "text")
+        if not isinstance(self.params, GenerationParams):
+            raise InvalidInput("params must be generation parameters", field="params")
+        self.params.validate()
+        reference_text = self.reference_text
+        if reference_text is not None and not isinstance(reference_text, str):
+            raise InvalidInput("reference_text must be a string", field="reference_text")
+        reference_text = normalize_text(reference_text) if reference_text else None
+        if reference_text:
+            refuse_control_markup(reference_text, "reference_text")
+        voice = self.voice
+        if voice is not None and not isinstance(voice, str):
+            raise InvalidInput("voice must be the name of a saved voice", field="voice")
+        voice = voice.strip() if voice and voice.strip() else None
+        if voice and self.reference_audio is not None:
+            raise InvalidInput("give either a saved voice or reference_audio, not both", field="voice")
+        if voice and reference_text:
+            raise InvalidInput(
+                "reference_text cannot be combined with a saved voice (the voice has its own transcript; "
+                "edit it by saving the voice again)",
+                field="reference_text",
+            )
+        if reference_text and not voice and self.reference_audio is None:
+            raise InvalidInput(
+                "reference_text was given without reference_audio; add the audio it transcribes, or drop it",
+                field="reference_text",
+            )
+        if self.language is not None and not isinstance(self.language, str):
+            raise InvalidInput("language must be a code such as 'en' or 'zh'", field="language")
+        if self.surface not in SURFACES:
+            raise ValueError(f"surface must be one of {SURFACES}, got {self.surface!r}")
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "reference_text", reference_text)
+        object.__setattr__(self, "voice", voice)
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """One transcription: encoded audio (or a path the face has already checked) and an optional language."""
+
+    audio: AudioSource
+    language: str | None = None
+    surface: str = "core"
+    endpoint: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.audio, bytes | bytearray | str | Path):
+            raise InvalidInput("audio must be an audio file's bytes", field="audio")
+        if self.language is not None and not isinstance(self.language, str):
+            raise InvalidInput("language must be a code such as 'en' or 'zh'", field="language")
+        if self.surface not in SURFACES:
+            raise ValueError(f"surface must be one of {SURFACES}, got {self.surface!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPU and model status: what every status surface shows (REST /api/gpu/status, MCP get_gpu_status, the UI)
+
+
+@dataclass
+class DeviceStatus:
+    """The compute device: its name ("cuda:0", "cpu"), kind, and memory (NVML, torch, or psutil for the RAM)."""
+
+    name: str
+    kind: str
+    total_bytes: int | None = None
+    used_bytes: int | None = None
+    free_bytes: int | None = None
+    process_bytes: int | None = None
+    source: str | None = None
+    error: str | None = None
+    """Why the memory numbers are missing (the device did not answer); None when they are there."""
+
+
+@dataclass
+class ModelStatus:
+    """One model's row: where it is, how big, how busy, and what happened to it so far."""
+
+    state: str
+    """unloaded, loading, gpu (resident on the compute device) or cpu (offloaded to RAM)."""
+    device: str | None
+    size_bytes: int | None
+    leases: int
+    waiting: int
+    moving: str | None
+    pending: str | None
+    last_used: str | None
+    """ISO time of the end of the last lease (its start while leased)."""
+    idle_s: float | None
+    loads: int
+    reloads: int
+    offloads: int
+    releases: int
+    load_failures: int
+    oom_errors: int
+    last_load_s: float | None
+    last_reload_s: float | None
+    last_offload_s: float | None
+    last_release_s: float | None
+    last_error: str | None
+
+
+@dataclass
+class ResidencyPolicy:
+    """The GPU manager's settings in force (timeouts change at run time; seconds, 0 = at once, -1 = never)."""
+
+    offload_after_use: bool
+    idle_timeout_s: float
+    evict_timeout_s: float
+    memory_headroom_mb: int
+    wait_timeout_s: float
+    monitor_interval_s: float
+    max_queue: int
+
+
+@dataclass
+class QueueStatus:
+    """The GPU job slot: a job running, how many wait, how many may wait."""
+
+    busy: bool
+    depth: int
+    max_queue: int
+
+
+@dataclass
+class GPUStatus:
+    """Everything a status surface shows."""
+
+    device: DeviceStatus
+    models: dict[str, ModelStatus]
+    settings: ResidencyPolicy
+    queue: QueueStatus
+    monitor_running: bool
+
+    @property
+    def busy(self) -> bool:
+        """A job runs or waits, or a model is leased: what a graceful shutdown waits for."""
+        return self.queue.busy or self.queue.depth > 0 or any(m.leases for m in self.models.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; the device's missing numbers are left out rather than sent as null."""
+        out = asdict(self)
+        out["device"] = {key: value for key, value in out["device"].items() if value is not None}
+        return out

@@ -535,7 +535,8 @@ def test_openai_speech_stream_other_formats(api: Api, fmt: str) -> None:
 def test_openai_stream_failure_counts_as_an_error(
     api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = api.service.synthesize_stream
+    # The service counts syntheses (every face): break the pieces its stream is made of.
+    real = api.service._stream
 
     def breaks_after_the_first_piece(*args: Any, **kwargs: Any) -> Iterator[Any]:
         pieces = real(*args, **kwargs)
@@ -545,7 +546,7 @@ def test_openai_stream_failure_counts_as_an_error(
         finally:
             pieces.close()
 
-    monkeypatch.setattr(api.service, "synthesize_stream", breaks_after_the_first_piece)
+    monkeypatch.setattr(api.service, "_stream", breaks_after_the_first_piece)
     labels = {"endpoint": "speech_stream"}
     errors = metric_value(api, "llasa_syntheses_total", outcome="error", **labels)
     cancelled = metric_value(api, "llasa_syntheses_total", outcome="cancelled", **labels)

@@ -31,7 +31,7 @@ from conftest import tiny_settings
 from api_server import RunningServer, create_app
 from llasa.config import Settings
 from llasa.service import TTSService
-from llasa.types import GenerationParams
+from llasa.types import GenerationParams, SynthesisRequest
 
 TIMEOUT_S = 120
 DEADLINE_S = 120.0
@@ -245,7 +245,10 @@ def test_sixteen_concurrent_clients_each_get_their_own_audio(served: Served) -> 
     # Same seed and text again, directly through the service: the very same samples come back.
     for index in (0, 7, 15):
         expected = served.service.synthesize(
-            f"Client {index} speaks.", params=GenerationParams(seed=1000 + index, max_audio_seconds=0.1 + 0.02 * index)
+            SynthesisRequest(
+                f"Client {index} speaks.",
+                params=GenerationParams(seed=1000 + index, max_audio_seconds=0.1 + 0.02 * index),
+            )
         ).audio
         assert len(audio[index]) == len(expected)
         np.testing.assert_allclose(audio[index], expected, atol=1 / 32768 + 1e-6)  # 16-bit WAV rounding
@@ -278,7 +281,7 @@ def test_stream_disconnect_stops_generation(served: Served) -> None:
     sent = served.metric("llasa_stream_chunks_total", endpoint="speech_stream") - sent_before
     # The GPU slot is free again: the next request runs at once instead of queueing behind a ghost. It also
     # tells how many chunks the whole text has (a few codes per chunk keep it quick).
-    wait_for(lambda: served.service.gpu_status()["queue"]["busy"] is False, "the GPU slot to be released")
+    wait_for(lambda: served.service.gpu_status().queue.busy is False, "the GPU slot to be released")
     whole = requests.post(
         served.url + "/api/tts", json={"text": LONG_TEXT, "seed": 3, "max_audio_seconds": 0.04}, timeout=TIMEOUT_S
     )
@@ -298,13 +301,13 @@ def test_disconnect_cancels_a_plain_synthesis(served: Served) -> None:
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         sock.sendall(head + body)
-        wait_for(lambda: served.service.gpu_status()["queue"]["busy"], "the synthesis to start")
+        wait_for(lambda: served.service.gpu_status().queue.busy, "the synthesis to start")
     # The socket is closed: the server notices and stops the synthesis.
     wait_for(
         lambda: served.metric("llasa_syntheses_total", endpoint="tts", outcome="cancelled") > cancelled_before,
         "the abandoned synthesis to be cancelled",
     )
-    wait_for(lambda: served.service.gpu_status()["queue"]["busy"] is False, "the GPU slot to be released")
+    wait_for(lambda: served.service.gpu_status().queue.busy is False, "the GPU slot to be released")
 
 
 # --- CORS (opt-in with CORS_ORIGINS) ------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ def test_cancelling_the_call_stops_the_synthesis(url: str, service: TTSService, 
                 await call_task
             # Stay connected until the server has given the GPU slot back.
             deadline = time.monotonic() + CALL_TIMEOUT_S
-            while service.gpu_status()["queue"]["busy"]:
+            while service.gpu_status().queue.busy:
                 assert time.monotonic() < deadline, "the cancelled synthesis kept the GPU"
                 await asyncio.sleep(0.05)
         return seen
@@ -433,7 +433,7 @@ def test_gpu_tools_change_and_report_model_state(url: str, service: TTSService, 
 
         released = run(call(url, "release_gpu", {"model": "xcodec2"})).structured_content
         assert released == {"action": "release", "models": {"xcodec2": "released"}}
-        assert service.gpu_status()["models"]["xcodec2"]["state"] == "unloaded"
+        assert service.gpu_status().models["xcodec2"].state == "unloaded"
 
         everything = run(call(url, "offload_gpu")).structured_content
         assert set(everything["models"]) == {"llasa", "xcodec2", "whisper"}
@@ -448,10 +448,10 @@ def test_gpu_tools_change_and_report_model_state(url: str, service: TTSService, 
 
 
 def test_update_gpu_timeout(url: str, service: TTSService) -> None:
-    before = service.gpu_status()["settings"]
+    before = service.gpu_status().to_dict()["settings"]
     try:
         now = run(call(url, "update_gpu_timeout", {"idle_timeout_s": 12.5, "evict_timeout_s": -1})).structured_content
-        assert service.gpu_status()["settings"] == now
+        assert service.gpu_status().to_dict()["settings"] == now
         assert 12.5 in now.values()
         assert -1 in now.values()
         assert run(call_error(url, "update_gpu_timeout", {})) == NOTHING_TO_CHANGE

@@ -22,7 +22,7 @@ from llasa.errors import (
     VoiceNotFound,
 )
 from llasa.service import TTSService
-from llasa.types import SAMPLE_RATE, SAMPLES_PER_CODE, GenerationParams
+from llasa.types import SAMPLE_RATE, SAMPLES_PER_CODE, GenerationParams, SynthesisRequest, TranscriptionRequest
 
 SHORT = GenerationParams(max_audio_seconds=0.6, seed=1234)
 EN_TRANSCRIPT = "The quick brown fox jumps over the lazy dog. This is a short reference recording."
@@ -38,7 +38,7 @@ def service(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_synthesis_without_reference(service: TTSService) -> None:
-    result = service.synthesize("Hello world.", params=SHORT)
+    result = service.synthesize(SynthesisRequest("Hello world.", params=SHORT))
     assert result.sample_rate == SAMPLE_RATE
     assert result.audio.dtype == np.float32
     assert result.audio.ndim == 1
@@ -57,10 +57,12 @@ def test_synthesis_without_reference(service: TTSService) -> None:
 
 def test_reference_with_transcript_cuts_exactly_the_reference(service: TTSService, audio_dir: Path) -> None:
     result = service.synthesize(
-        "Nice to meet you.",
-        reference_audio=audio_dir / "en_16k_mono.wav",
-        reference_text=EN_TRANSCRIPT,
-        params=SHORT,
+        SynthesisRequest(
+            "Nice to meet you.",
+            reference_audio=audio_dir / "en_16k_mono.wav",
+            reference_text=EN_TRANSCRIPT,
+            params=SHORT,
+        )
     )
     assert result.reference_text == EN_TRANSCRIPT
     assert result.reference_seconds == pytest.approx(5.8, abs=0.3)
@@ -74,24 +76,32 @@ def test_reference_with_transcript_cuts_exactly_the_reference(service: TTSServic
 
 def test_reference_without_transcript_is_transcribed(service: TTSService, audio_dir: Path) -> None:
     data = (audio_dir / "zh_16k_mono.flac").read_bytes()
-    result = service.synthesize("今天天气很好。", reference_audio=data, language="zh", params=SHORT)
+    result = service.synthesize(SynthesisRequest("今天天气很好。", reference_audio=data, language="zh", params=SHORT))
     assert result.timings_s["transcribe"] > 0
     assert result.reference_text.strip()
     assert len(result.audio) == result.num_codes * SAMPLES_PER_CODE
 
 
 def test_same_seed_same_audio_other_seed_other_audio(service: TTSService) -> None:
-    first = service.synthesize("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=7))
-    second = service.synthesize("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=7))
-    other = service.synthesize("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=8))
+    first = service.synthesize(
+        SynthesisRequest("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=7))
+    )
+    second = service.synthesize(
+        SynthesisRequest("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=7))
+    )
+    other = service.synthesize(
+        SynthesisRequest("Repeat after me.", params=GenerationParams(max_audio_seconds=0.6, seed=8))
+    )
     np.testing.assert_array_equal(first.audio, second.audio)
     assert first.num_codes != other.num_codes or not np.array_equal(first.audio, other.audio)
 
 
 def test_unset_seed_is_reported_and_reproduces(service: TTSService) -> None:
-    first = service.synthesize("Pick a seed.", params=GenerationParams(max_audio_seconds=0.4))
+    first = service.synthesize(SynthesisRequest("Pick a seed.", params=GenerationParams(max_audio_seconds=0.4)))
     assert first.seed is not None
-    again = service.synthesize("Pick a seed.", params=GenerationParams(max_audio_seconds=0.4, seed=first.seed))
+    again = service.synthesize(
+        SynthesisRequest("Pick a seed.", params=GenerationParams(max_audio_seconds=0.4, seed=first.seed))
+    )
     np.testing.assert_array_equal(first.audio, again.audio)
 
 
@@ -100,8 +110,7 @@ def test_long_text_is_chunked_and_joined(service: TTSService) -> None:
     text += "这是中文的句子。还有一句！"
     progress: list[tuple[int, int, str]] = []
     result = service.synthesize(
-        text,
-        params=GenerationParams(max_audio_seconds=0.2, seed=3),
+        SynthesisRequest(text, params=GenerationParams(max_audio_seconds=0.2, seed=3)),
         progress=lambda done, total, stage: progress.append((done, total, stage)),
     )
     assert result.chunks > 1
@@ -116,8 +125,8 @@ def test_long_text_is_chunked_and_joined(service: TTSService) -> None:
 def test_stream_equals_synthesize(service: TTSService) -> None:
     text = " ".join(f"Streamed sentence number {i}, spoken slowly and clearly." for i in range(40))
     params = GenerationParams(max_audio_seconds=0.2, seed=11)
-    whole = service.synthesize(text, params=params)
-    pieces = list(service.synthesize_stream(text, params=params))
+    whole = service.synthesize(SynthesisRequest(text, params=params))
+    pieces = list(service.synthesize_stream(SynthesisRequest(text, params=params)))
     assert pieces[-1].final
     assert pieces[-1].chunks_total == whole.chunks > 1
     assert all(piece.seed == 11 for piece in pieces)
@@ -148,10 +157,12 @@ def test_every_chunk_is_conditioned_on_the_reference_and_cut_exactly(
     monkeypatch.setattr(XCodec2Codec, "decode", spy_decode)
     text = " ".join(f"Conditioned sentence number {i} goes on a while." for i in range(40))
     result = service.synthesize(
-        text,
-        reference_audio=audio_dir / "en_16k_mono.wav",
-        reference_text=EN_TRANSCRIPT,
-        params=GenerationParams(max_audio_seconds=0.2, seed=21),
+        SynthesisRequest(
+            text,
+            reference_audio=audio_dir / "en_16k_mono.wav",
+            reference_text=EN_TRANSCRIPT,
+            params=GenerationParams(max_audio_seconds=0.2, seed=21),
+        )
     )
     assert result.chunks > 1
     reference_codes = prompts[0][2]
@@ -173,21 +184,27 @@ def test_every_chunk_is_conditioned_on_the_reference_and_cut_exactly(
 
 def test_control_markup_in_text_is_refused(service: TTSService, audio_dir: Path) -> None:
     with pytest.raises(InvalidInput, match="control markup") as excinfo:
-        service.synthesize("Hello <|s_5|><|SPEECH_GENERATION_END|> world")
+        service.synthesize(SynthesisRequest("Hello <|s_5|><|SPEECH_GENERATION_END|> world"))
     assert excinfo.value.field == "text"
     with pytest.raises(InvalidInput) as excinfo:
-        service.synthesize("Hi.", reference_audio=audio_dir / "en_16k_mono.wav", reference_text="words <|eot_id|> more")
+        service.synthesize(
+            SynthesisRequest(
+                "Hi.", reference_audio=audio_dir / "en_16k_mono.wav", reference_text="words <|eot_id|> more"
+            )
+        )
     assert excinfo.value.field == "reference_text"
     # Ordinary angle brackets and pipes are text, not markup.
-    service.validate_synthesis("a <b> | c || d <| e")
+    service.validate_synthesis(SynthesisRequest("a <b> | c || d <| e"))
 
 
 def test_long_reference_is_trimmed_and_said_so(service: TTSService, audio_dir: Path) -> None:
     result = service.synthesize(
-        "Short text.",
-        reference_audio=audio_dir / "en_long_22k.ogg",
-        reference_text="This sentence is repeated to make a recording that is longer than fifteen seconds.",
-        params=SHORT,
+        SynthesisRequest(
+            "Short text.",
+            reference_audio=audio_dir / "en_long_22k.ogg",
+            reference_text="This sentence is repeated to make a recording that is longer than fifteen seconds.",
+            params=SHORT,
+        )
     )
     assert result.reference_trimmed
     assert result.reference_seconds <= service.settings.max_reference_seconds + 1e-6
@@ -198,7 +215,9 @@ def test_long_reference_is_trimmed_and_said_so(service: TTSService, audio_dir: P
 
 def test_stereo_44k_reference_is_accepted(service: TTSService, audio_dir: Path) -> None:
     result = service.synthesize(
-        "Okay.", reference_audio=audio_dir / "en_44k_stereo.wav", reference_text=EN_TRANSCRIPT, params=SHORT
+        SynthesisRequest(
+            "Okay.", reference_audio=audio_dir / "en_44k_stereo.wav", reference_text=EN_TRANSCRIPT, params=SHORT
+        )
     )
     assert result.reference_seconds == pytest.approx(5.8, abs=0.3)
 
@@ -207,7 +226,7 @@ def test_cancel_before_start(service: TTSService) -> None:
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(Cancelled):
-        service.synthesize("Never spoken.", params=SHORT, cancel=cancel)
+        service.synthesize(SynthesisRequest("Never spoken.", params=SHORT), cancel=cancel)
 
 
 def test_cancel_while_queued_leaves_the_queue_without_model_work(service: TTSService) -> None:
@@ -226,7 +245,7 @@ def test_cancel_while_queued_leaves_the_queue_without_model_work(service: TTSSer
 
     def client() -> None:
         try:
-            service.synthesize("Never spoken either.", params=SHORT, cancel=cancel)
+            service.synthesize(SynthesisRequest("Never spoken either.", params=SHORT), cancel=cancel)
         except Exception as e:
             errors.append(e)
 
@@ -253,7 +272,7 @@ def test_voice_library_through_the_service(service: TTSService, audio_dir: Path)
     assert [v.name for v in service.list_voices()] == ["narrator"]
     with pytest.raises(VoiceExists):
         service.create_voice("narrator", audio_dir / "en_16k_mono.wav", EN_TRANSCRIPT)
-    result = service.synthesize("Using a saved voice.", voice="narrator", params=SHORT)
+    result = service.synthesize(SynthesisRequest("Using a saved voice.", voice="narrator", params=SHORT))
     assert result.voice == "narrator"
     assert result.reference_text == EN_TRANSCRIPT
     # Saved codes are reused: no transcription and no encoding.
@@ -263,7 +282,7 @@ def test_voice_library_through_the_service(service: TTSService, audio_dir: Path)
     assert service.voice_audio_path("narrator").is_file()
     service.delete_voice("narrator")
     with pytest.raises(VoiceNotFound):
-        service.synthesize("Gone.", voice="narrator", params=SHORT)
+        service.synthesize(SynthesisRequest("Gone.", voice="narrator", params=SHORT))
 
 
 def test_update_voice_transcript_and_trimmed_voice_warning(service: TTSService, audio_dir: Path) -> None:
@@ -290,7 +309,7 @@ def test_output_cleanup_thread_deletes_expired_files(service: TTSService) -> Non
     import os
     import time
 
-    result = service.synthesize("Expire me.", params=SHORT)
+    result = service.synthesize(SynthesisRequest("Expire me.", params=SHORT))
     saved = service.save_output(result, "wav")
     old = time.time() - service.settings.output_ttl_hours * 3600 - 60
     os.utime(saved.path, (old, old))
@@ -303,7 +322,9 @@ def test_output_cleanup_thread_deletes_expired_files(service: TTSService) -> Non
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus", "aac", "pcm"])
 def test_saved_output_decodes_back(service: TTSService, fmt: str) -> None:
-    result = service.synthesize("Format check.", params=GenerationParams(max_audio_seconds=0.6, seed=5))
+    result = service.synthesize(
+        SynthesisRequest("Format check.", params=GenerationParams(max_audio_seconds=0.6, seed=5))
+    )
     rate = 24_000 if fmt in ("pcm", "opus") else None
     saved = service.save_output(result, fmt, sample_rate=rate)
     data = service.output_path(saved.id).read_bytes()
@@ -329,65 +350,96 @@ def test_saved_output_decodes_back(service: TTSService, fmt: str) -> None:
 @pytest.mark.parametrize("text", ["", "   \n\t  ", None, 42])
 def test_empty_or_wrong_type_text(service: TTSService, text: object) -> None:
     with pytest.raises(InvalidInput) as excinfo:
-        service.synthesize(text)  # type: ignore[arg-type]
+        service.synthesize(SynthesisRequest(text))  # type: ignore[arg-type]
     assert excinfo.value.field == "text"
 
 
 def test_text_over_the_limit(service: TTSService) -> None:
     with pytest.raises(InvalidInput, match="MAX_TEXT_CHARS") as excinfo:
-        service.synthesize("a" * (service.settings.max_text_chars + 1))
+        service.synthesize(SynthesisRequest("a" * (service.settings.max_text_chars + 1)))
     assert excinfo.value.field == "text"
 
 
 def test_conflicting_reference_arguments(service: TTSService, audio_dir: Path) -> None:
     with pytest.raises(InvalidInput, match="reference_text"):
-        service.synthesize("Hi.", reference_text="orphan transcript")
+        service.synthesize(SynthesisRequest("Hi.", reference_text="orphan transcript"))
     with pytest.raises(InvalidInput, match="either"):
-        service.synthesize("Hi.", voice="someone", reference_audio=audio_dir / "en_16k_mono.wav")
+        service.synthesize(SynthesisRequest("Hi.", voice="someone", reference_audio=audio_dir / "en_16k_mono.wav"))
     with pytest.raises(VoiceNotFound):
-        service.synthesize("Hi.", voice="nobody-by-this-name")
+        service.synthesize(SynthesisRequest("Hi.", voice="nobody-by-this-name"))
 
 
 def test_bad_reference_audio(service: TTSService, audio_dir: Path) -> None:
     with pytest.raises(SilentAudio):
-        service.synthesize("Hi.", reference_audio=audio_dir / "silence_3s.wav", reference_text="x")
+        service.synthesize(SynthesisRequest("Hi.", reference_audio=audio_dir / "silence_3s.wav", reference_text="x"))
     wav = (audio_dir / "en_16k_mono.wav").read_bytes()
     with pytest.raises(UnsupportedAudio):
-        service.synthesize("Hi.", reference_audio=wav[:100], reference_text="x")
+        service.synthesize(SynthesisRequest("Hi.", reference_audio=wav[:100], reference_text="x"))
     with pytest.raises(UnsupportedAudio):
-        service.synthesize("Hi.", reference_audio=b"this is not audio at all" * 10, reference_text="x")
+        service.synthesize(
+            SynthesisRequest("Hi.", reference_audio=b"this is not audio at all" * 10, reference_text="x")
+        )
     buffer = io.BytesIO()
     import soundfile
 
     tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(3200) / SAMPLE_RATE)
     soundfile.write(buffer, tone.astype(np.float32), SAMPLE_RATE, format="WAV")
     with pytest.raises(AudioTooShort, match=r"0\.5"):
-        service.synthesize("Hi.", reference_audio=buffer.getvalue(), reference_text="x")
+        service.synthesize(SynthesisRequest("Hi.", reference_audio=buffer.getvalue(), reference_text="x"))
 
 
 @pytest.mark.parametrize("language", ["klingon", "english!", 5])
 def test_bad_language(service: TTSService, audio_dir: Path, language: object) -> None:
     with pytest.raises(InvalidInput) as excinfo:
-        service.transcribe(audio_dir / "en_16k_mono.wav", language=language)  # type: ignore[arg-type]
+        service.transcribe(TranscriptionRequest(audio_dir / "en_16k_mono.wav", language=language))  # type: ignore[arg-type]
     assert excinfo.value.field == "language"
 
 
 def test_bad_parameters_fail_before_any_model_work(service: TTSService) -> None:
     with pytest.raises(InvalidInput) as excinfo:
-        service.synthesize("Hi.", params=GenerationParams(temperature=0))
+        service.synthesize(SynthesisRequest("Hi.", params=GenerationParams(temperature=0)))
     assert excinfo.value.field == "temperature"
 
 
 def test_health_and_status(service: TTSService) -> None:
-    service.synthesize("Warm up.", params=SHORT)
+    service.synthesize(SynthesisRequest("Warm up.", params=SHORT))
     health = service.health()
     assert health["status"] == "ok"
     assert set(health["models"]) == {"llasa", "xcodec2", "whisper"}
     status = service.gpu_status()
     # GPU_OFFLOAD_AFTER_USE (the default): every model went to CPU RAM when the request ended.
-    assert {name: info["state"] for name, info in status["models"].items() if name != "whisper"} == {
+    assert {name: info.state for name, info in status.models.items() if name != "whisper"} == {
         "llasa": "cpu",
         "xcodec2": "cpu",
     }
     service.release()
     assert all(state == "unloaded" for state in service.health()["models"].values())
+
+
+def test_metrics_count_every_surface_in_the_core(service: TTSService, audio_dir: Path) -> None:
+    def value(name: str, **labels: str) -> float:
+        return service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    mcp = {"surface": "mcp", "endpoint": "generate_speech"}
+    before = value("llasa_syntheses_total", **mcp, outcome="ok")
+    service.synthesize(SynthesisRequest("Counted for MCP.", params=SHORT, surface="mcp", endpoint="generate_speech"))
+    assert value("llasa_syntheses_total", **mcp, outcome="ok") == before + 1
+    assert value("llasa_audio_seconds_total", **mcp) > 0
+
+    ui = {"surface": "webui", "endpoint": "synthesize"}
+    pieces = service.synthesize_stream(
+        SynthesisRequest("Streamed.", params=SHORT, surface="webui", endpoint="synthesize")
+    )
+    next(pieces)
+    pieces.close()  # the listener left: a cancellation, counted as such
+    assert value("llasa_syntheses_total", **ui, outcome="cancelled") == 1
+    assert value("llasa_stream_chunks_total", **ui) >= 1
+
+    with pytest.raises(InvalidInput):
+        service.synthesize(SynthesisRequest("x" * 100_000, surface="webui", endpoint="synthesize"))
+    assert value("llasa_syntheses_total", **ui, outcome="error") == 1
+
+    request = TranscriptionRequest(audio_dir / "en_16k_mono.wav", "en", surface="mcp", endpoint="transcribe_audio")
+    service.transcribe(request)
+    assert value("llasa_transcriptions_total", surface="mcp", endpoint="transcribe_audio", outcome="ok") == 1
+    assert b'llasa_model_state{model="llasa"' in service.metrics.render()

@@ -18,7 +18,7 @@ from conftest import tiny_settings
 
 from llasa.errors import InvalidInput, PayloadTooLarge, UnsupportedAudio
 from llasa.service import TTSService
-from llasa.types import Segment, TranscriptionResult
+from llasa.types import Segment, TranscriptionRequest, TranscriptionResult
 
 AUDIO_DIR = Path(__file__).resolve().parent / "data" / "audio"
 # Encoders pad (AAC adds ~1024 priming samples plus a partial last frame): allow that much slack.
@@ -117,17 +117,17 @@ def _check_result(result: TranscriptionResult, expected_s: float, language: str 
 @pytest.mark.parametrize("language", [None, "zh"])
 def test_transcribes_every_test_file_from_bytes(service: TTSService, name: str, language: str | None) -> None:
     data = (AUDIO_DIR / name).read_bytes()
-    result = service.transcribe(data, language=language)
+    result = service.transcribe(TranscriptionRequest(data, language=language))
     _check_result(result, _decoded_seconds(data), language)
 
 
 @pytest.mark.parametrize("name", ["en_44k_stereo.wav", "zh_24k.mp3"])
 def test_path_str_and_bytes_give_the_same_result(service: TTSService, name: str) -> None:
     path = AUDIO_DIR / name
-    from_path = service.transcribe(path, language="en")
+    from_path = service.transcribe(TranscriptionRequest(path, language="en"))
     _check_result(from_path, _decoded_seconds(path.read_bytes()), "en")
-    assert service.transcribe(str(path), language="en") == from_path
-    assert service.transcribe(path.read_bytes(), language="en") == from_path
+    assert service.transcribe(TranscriptionRequest(str(path), language="en")) == from_path
+    assert service.transcribe(TranscriptionRequest(path.read_bytes(), language="en")) == from_path
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
@@ -136,7 +136,7 @@ def test_transcribes_generated_formats(
     service: TTSService, generated: dict[str, bytes], name: str, language: str | None
 ) -> None:
     data = generated[name]
-    result = service.transcribe(data, language=language)
+    result = service.transcribe(TranscriptionRequest(data, language=language))
     _check_result(result, _decoded_seconds(data), language)
     # Same words as the 5.8 s source, whatever the container added.
     assert result.duration_s == pytest.approx(5.83, abs=DURATION_TOLERANCE_S)
@@ -144,7 +144,7 @@ def test_transcribes_generated_formats(
 
 @pytest.mark.parametrize("language", [None, "zh"])
 def test_silence_gives_an_empty_transcript(service: TTSService, language: str | None) -> None:
-    result = service.transcribe(AUDIO_DIR / "silence_3s.wav", language=language)
+    result = service.transcribe(TranscriptionRequest(AUDIO_DIR / "silence_3s.wav", language=language))
     assert result.text == ""
     assert result.segments == []
     assert result.duration_s == pytest.approx(3.0, abs=0.05)
@@ -156,15 +156,21 @@ def test_silence_gives_an_empty_transcript(service: TTSService, language: str | 
 def test_language_spellings(service: TTSService) -> None:
     path = AUDIO_DIR / "en_16k_mono.wav"
     # "auto" and "" mean detect, like None; codes are case- and space-insensitive.
-    assert service.transcribe(path, language="AUTO") == service.transcribe(path, language=None)
-    assert service.transcribe(path, language="") == service.transcribe(path, language=None)
-    assert service.transcribe(path, language=" ZH ") == service.transcribe(path, language="zh")
+    assert service.transcribe(TranscriptionRequest(path, language="AUTO")) == service.transcribe(
+        TranscriptionRequest(path, language=None)
+    )
+    assert service.transcribe(TranscriptionRequest(path, language="")) == service.transcribe(
+        TranscriptionRequest(path, language=None)
+    )
+    assert service.transcribe(TranscriptionRequest(path, language=" ZH ")) == service.transcribe(
+        TranscriptionRequest(path, language="zh")
+    )
 
 
 @pytest.mark.parametrize("language", ["xx", "english", "en-US", 7])
 def test_unknown_language_is_invalid_input(service: TTSService, language: object) -> None:
     with pytest.raises(InvalidInput) as exc:
-        service.transcribe(AUDIO_DIR / "en_16k_mono.wav", language=language)  # type: ignore[arg-type]
+        service.transcribe(TranscriptionRequest(AUDIO_DIR / "en_16k_mono.wav", language=language))  # type: ignore[arg-type]
     assert exc.value.field == "language"
     assert "'en'" in exc.value.message
 
@@ -186,7 +192,7 @@ def _bad_inputs() -> dict[str, bytes]:
 def test_unreadable_input_is_unsupported_audio(service: TTSService, case: str) -> None:
     data = _bad_inputs()[case]
     with pytest.raises(UnsupportedAudio) as exc:
-        service.transcribe(data)
+        service.transcribe(TranscriptionRequest(data))
     assert exc.value.status_code == 415
     assert exc.value.message  # says what was wrong
 
@@ -195,7 +201,7 @@ def test_text_file_on_disk_is_unsupported_audio(service: TTSService, tmp_path: P
     path = tmp_path / "notes.wav"  # the name lies; the content decides
     path.write_text("just some text, not a recording\n" * 20, encoding="utf-8")
     with pytest.raises(UnsupportedAudio):
-        service.transcribe(path)
+        service.transcribe(TranscriptionRequest(path))
 
 
 @pytest.mark.parametrize("name", ["en_16k_mono.wav", "en_44k_stereo.wav", "zh_16k_mono.flac"])
@@ -204,13 +210,13 @@ def test_truncated_file_is_unsupported_audio(service: TTSService, name: str, fra
     # WAV and FLAC state their length up front, so a cut-off upload is caught rather than half-transcribed.
     data = (AUDIO_DIR / name).read_bytes()
     with pytest.raises(UnsupportedAudio, match="truncated"):
-        service.transcribe(data[: int(len(data) * fraction)])
+        service.transcribe(TranscriptionRequest(data[: int(len(data) * fraction)]))
 
 
 def test_truncated_m4a_is_unsupported_audio(service: TTSService, generated: dict[str, bytes]) -> None:
     data = generated["en.m4a"]  # the index (moov) is written last, so half a file has none
     with pytest.raises(UnsupportedAudio):
-        service.transcribe(data[: len(data) // 2])
+        service.transcribe(TranscriptionRequest(data[: len(data) // 2]))
 
 
 @pytest.mark.parametrize("name", ["zh_24k.mp3", "en_long_22k.ogg"])
@@ -218,17 +224,17 @@ def test_half_a_stream_is_transcribed_as_far_as_it_goes(service: TTSService, nam
     # MP3 and Ogg are streams with no stated length: half a file is a valid shorter recording.
     data = (AUDIO_DIR / name).read_bytes()
     whole_s = _decoded_seconds(data)
-    result = service.transcribe(data[: len(data) // 2])
+    result = service.transcribe(TranscriptionRequest(data[: len(data) // 2]))
     assert whole_s * 0.3 < result.duration_s < whole_s * 0.7
 
 
 def test_whisper_max_new_tokens_bounds_the_transcript(service: TTSService, make_settings) -> None:
     path = AUDIO_DIR / "en_16k_mono.wav"
-    unbounded = service.transcribe(path, language="en")
+    unbounded = service.transcribe(TranscriptionRequest(path, language="en"))
     # Two tokens per window: the leading timestamp and one text token.
     svc = TTSService(make_settings(whisper_max_new_tokens=2))
     try:
-        bounded = svc.transcribe(path, language="en")
+        bounded = svc.transcribe(TranscriptionRequest(path, language="en"))
     finally:
         svc.shutdown()
     assert bounded.text
@@ -240,6 +246,6 @@ def test_upload_over_the_limit_is_payload_too_large(make_settings) -> None:
     svc = TTSService(make_settings(max_upload_mb=0.05))
     try:
         with pytest.raises(PayloadTooLarge):
-            svc.transcribe((AUDIO_DIR / "en_44k_stereo.wav").read_bytes())
+            svc.transcribe(TranscriptionRequest((AUDIO_DIR / "en_44k_stereo.wav").read_bytes()))
     finally:
         svc.shutdown()

@@ -30,6 +30,7 @@ import app
 import ui_i18n
 from llasa.config import Settings
 from llasa.service import TTSService
+from llasa.types import TranscriptionRequest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -211,9 +212,9 @@ def test_uploading_a_long_clip_transcribes_only_the_kept_part(ui: SimpleNamespac
     heard: list[object] = []
     original = ui.service.transcribe
 
-    def recording(audio: object, **kwargs: object) -> object:
-        heard.append(audio)
-        return original(audio, **kwargs)
+    def recording(request: TranscriptionRequest) -> object:
+        heard.append(request.audio)
+        return original(request)
 
     handlers = app._WebUI(ui.service, ui.settings, ["wav"])
     ui.service.transcribe = recording
@@ -357,8 +358,8 @@ def test_cancel_stops_a_running_synthesis(ui: SimpleNamespace) -> None:
     job.result(timeout=120)
     assert set((ui.root / "outputs").iterdir()) == before  # nothing was produced
     status = ui.service.gpu_status()
-    assert status["queue"]["busy"] is False
-    assert all(model["leases"] == 0 for model in status["models"].values())
+    assert status.queue.busy is False
+    assert all(model.leases == 0 for model in status.models.values())
 
 
 def test_chinese_visitors_get_chinese_errors_and_notes(ui: SimpleNamespace, audio_dir: Path) -> None:
