@@ -6,8 +6,6 @@ its answers back into HTTP.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import math
@@ -19,8 +17,9 @@ from typing import Any
 from flask import Request, request
 from werkzeug.datastructures import FileStorage
 
+from faces.inputs import AudioInput, read_audio
 from llasa.config import Settings
-from llasa.errors import InvalidInput, PayloadTooLarge, TTSError
+from llasa.errors import InvalidInput, TTSError
 from llasa.types import GenerationParams, SynthesisRequest, SynthesisResult
 
 logger = logging.getLogger(__name__)
@@ -133,38 +132,21 @@ def parse_sample_rate(value: object, field: str = "sample_rate") -> int | None:
     return int(rate)
 
 
-def decode_base64_audio(value: object, field: str, settings: Settings) -> bytes | None:
-    """Decode base64 audio from a JSON body (a bare string or a data: URL), enforcing MAX_UPLOAD_MB."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be base64 text (or a data: URL) in a JSON body", field=field)
-    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
-    # 4 base64 characters carry 3 bytes: refuse before decoding anything absurdly large.
-    if len(payload) * 3 // 4 > settings.max_upload_bytes:
-        raise PayloadTooLarge(
-            f"{field} is larger than the upload limit of {settings.max_upload_mb:g} MiB (MAX_UPLOAD_MB)", field=field
-        )
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidInput(f"{field} is not valid base64 ({e}); encode the file's bytes as base64", field=field) from e
-    if not data:
-        raise InvalidInput(f"{field} is empty; give the bytes of an audio file", field=field)
-    return data
+def read_audio_field(
+    fields: Mapping[str, Any],
+    files: Mapping[str, FileStorage],
+    field: str,
+    settings: Settings,
+    *,
+    required: bool = False,
+) -> bytes | None:
+    """One audio argument of a REST body: an uploaded file, or base64 / a data: URI in the field of that name.
 
-
-def read_upload(files: Mapping[str, FileStorage], field: str, *, required: bool = False) -> bytes | None:
-    """Read one uploaded file's bytes (Flask already refused bodies over MAX_CONTENT_LENGTH with 413)."""
+    Read by `faces.inputs.read_audio`, the reader MCP uses too, so both accept exactly the same encodings.
+    """
     upload = files.get(field)
-    if upload is None:
-        if required:
-            raise InvalidInput(f"{field} is missing; upload the audio file as multipart field {field!r}", field=field)
-        return None
-    data = upload.read()
-    if not data:
-        raise InvalidInput(f"the uploaded {field} is empty; choose a non-empty audio file", field=field)
-    return data
+    given = AudioInput(upload=upload.read() if upload is not None else None, base64_text=fields.get(field) or None)
+    return read_audio(given, field=field, max_bytes=settings.max_upload_bytes, required=required)
 
 
 def header_text(value: str) -> str:

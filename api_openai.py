@@ -27,13 +27,12 @@ from api_audio import MAX_SPEED, MIN_SPEED, OPENAI_SAMPLE_RATE, StreamEncoder, t
 from api_common import (
     ApiContext,
     DisconnectWatch,
-    decode_base64_audio,
     parse_bool,
     parse_generation_params,
     parse_number,
     parse_text,
+    read_audio_field,
     read_body,
-    read_upload,
     synthesis_headers,
 )
 from llasa.audio import AUDIO_FORMATS, encode_audio
@@ -316,11 +315,7 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
                 f"response_format {fmt!r} is not supported; use one of {', '.join(TRANSCRIPTION_FORMATS)}",
                 field="response_format",
             )
-        audio = read_upload(files, "file")
-        if audio is None:
-            audio = decode_base64_audio(fields.get("file"), "file", settings)
-        if audio is None:
-            raise InvalidInput("file is missing; upload the audio as multipart field 'file'", field="file")
+        audio = read_audio_field(fields, files, "file", settings, required=True)
         language = parse_text(fields.get("language"), "language")
         result = service.transcribe(
             TranscriptionRequest(audio, language, surface="rest", endpoint="openai_transcriptions")
@@ -436,13 +431,7 @@ def register_openai_routes(app: Flask, ctx: ApiContext) -> None:
         """
         fields, files = read_body()
         name = parse_text(fields.get("name"), "name", required=True)
-        audio = read_upload(files, "audio_sample")
-        if audio is None:
-            audio = decode_base64_audio(fields.get("audio_sample"), "audio_sample", settings)
-        if audio is None:
-            raise InvalidInput(
-                "audio_sample is missing; upload the recording as multipart field 'audio_sample'", field="audio_sample"
-            )
+        audio = read_audio_field(fields, files, "audio_sample", settings, required=True)
         info = service.create_voice(
             name,
             audio,

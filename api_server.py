@@ -28,15 +28,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from api_common import (
     EXPOSED_HEADERS,
     ApiContext,
-    decode_base64_audio,
     parse_bool,
     parse_generation_params,
     parse_number,
     parse_sample_rate,
     parse_text,
     public_url,
+    read_audio_field,
     read_body,
-    read_upload,
     synthesis_headers,
 )
 from llasa import __version__
@@ -262,9 +261,7 @@ def _register_hooks(app: Flask, ctx: ApiContext) -> None:
 
 def _tts_request(ctx: ApiContext, fields: dict[str, Any], files: dict[str, Any], endpoint: str) -> SynthesisRequest:
     """The SynthesisRequest of /api/tts fields (multipart or JSON)."""
-    reference = read_upload(files, "reference_audio")
-    if reference is None:
-        reference = decode_base64_audio(fields.get("reference_audio"), "reference_audio", ctx.settings)
+    reference = read_audio_field(fields, files, "reference_audio", ctx.settings)
     return SynthesisRequest(
         text=parse_text(fields.get("text"), "text", required=True),
         reference_audio=reference,
@@ -495,11 +492,7 @@ def _register_core_routes(app: Flask, ctx: ApiContext) -> None:
             schema: {$ref: '#/definitions/Error'}
         """
         fields, files = read_body()
-        audio = read_upload(files, "audio")
-        if audio is None:
-            audio = decode_base64_audio(fields.get("audio"), "audio", settings)
-        if audio is None:
-            raise InvalidInput("audio is missing; upload the file as multipart field 'audio'", field="audio")
+        audio = read_audio_field(fields, files, "audio", settings, required=True)
         language = parse_text(fields.get("language"), "language")
         result = service.transcribe(TranscriptionRequest(audio, language, surface="rest", endpoint="transcribe"))
         return jsonify(result.to_dict())

@@ -37,13 +37,13 @@ from fastmcp.utilities.types import Audio
 from mcp.types import ContentBlock, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
+from faces.inputs import read_audio_input
 from llasa import __version__
 from llasa.audio import AUDIO_FORMATS, validate_output
 from llasa.bootstrap import FrontEnd, bind, client_host, load_settings_or_exit, run_alone, run_logged, start_process
 from llasa.config import Settings
 from llasa.errors import TTSError
 from llasa.types import MAX_SEED, SAMPLE_RATE, GenerationParams, SynthesisRequest, TranscriptionRequest
-from mcp_inputs import read_audio_input
 
 if TYPE_CHECKING:
     from llasa.service import TTSService

@@ -1,4 +1,4 @@
-"""mcp_inputs: the sandbox for audio file paths and the base64 decoder, without a server (fast, no models)."""
+"""faces.inputs: the sandbox for audio file paths and the base64 decoder, without a server (fast, no models)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-import mcp_inputs
+from faces import inputs as mcp_inputs
+from faces.inputs import decode_base64_audio, read_allowed_file, read_audio_input, resolve_allowed_path
 from llasa.errors import InvalidInput, PathNotAllowed, PayloadTooLarge
-from mcp_inputs import decode_base64_audio, read_allowed_file, read_audio_input, resolve_allowed_path
 
 WAV_BYTES = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(40))
 

@@ -1,4 +1,9 @@
-"""Audio inputs of the MCP tools: a file path inside the allowed folders, or base64 data.
+"""The one reader of audio input, for every face: an upload, base64 text, a data: URI, or a sandboxed path.
+
+REST and MCP accept exactly the same encodings through `read_audio()`: an uploaded file's bytes; base64 in the
+standard or the URL-safe alphabet, padded or not, line-wrapped or not; a `data:audio/...;base64,` URI; and (MCP
+only: a REST client has no business naming the server's files) a path inside MCP_ALLOWED_DIRS. One size limit,
+MAX_UPLOAD_MB, for all of them; one error, naming the field, for each way an input can be wrong.
 
 An MCP client is often a language model acting for someone else, so a path it sends is untrusted: it is resolved
 (symlinks followed) and must land inside `settings.allowed_dirs`; `..` components are refused outright, before
@@ -17,6 +22,7 @@ import errno
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +35,84 @@ _BASE64_TEXT = re.compile(r"^[A-Za-z0-9+/=_\-\s]+$")
 _LONGEST_PATH = 4096  # PATH_MAX on Linux
 
 
+@dataclass(frozen=True)
+class AudioInput:
+    """What a face received for one audio argument, before it is read: at most one source may be given."""
+
+    upload: bytes | None = None
+    """An uploaded file's bytes (multipart)."""
+    base64_text: object = None
+    """base64 text or a data: URI (JSON body, MCP argument); anything but a string is refused."""
+    path: str | None = None
+    """A file on the server, inside the allowed folders (MCP)."""
+
+
+def read_audio(
+    given: AudioInput,
+    *,
+    field: str,
+    max_bytes: int,
+    allowed_dirs: list[Path] | None = None,
+    path_field: str | None = None,
+    base64_field: str | None = None,
+    required: bool = True,
+) -> bytes | None:
+    """The bytes of the one audio source in `given`, or None when none is given and not `required`.
+
+    `field` names the argument in messages; `path_field` / `base64_field` name the path and base64 arguments
+    where a face has separate ones (MCP), else they are `field` too. Paths are accepted only with `allowed_dirs`.
+    """
+    path_field = path_field or field
+    base64_field = base64_field or field
+    text = given.base64_text
+    if text is not None and not isinstance(text, str):
+        raise InvalidInput(f"{base64_field} must be base64 text (or a data: URL)", field=base64_field)
+    sources = {
+        "upload": given.upload is not None,
+        "path": given.path is not None and given.path.strip() != "",
+        "base64": isinstance(text, str) and text.strip() != "",
+    }
+    chosen = [name for name, present in sources.items() if present]
+    if len(chosen) > 1:
+        names = {"upload": f"an uploaded {field}", "path": path_field, "base64": base64_field}
+        raise InvalidInput(f"give either {' or '.join(names[c] for c in chosen)}, not both", field=path_field)
+    if sources["upload"]:
+        assert given.upload is not None
+        return _check_upload(given.upload, field=field, max_bytes=max_bytes)
+    if sources["path"]:
+        assert given.path is not None
+        if allowed_dirs is None:
+            raise InvalidInput(f"{path_field} cannot name a file on this server; send the audio itself", field=field)
+        return read_allowed_file(given.path, allowed_dirs=allowed_dirs, max_bytes=max_bytes, field=path_field)
+    if sources["base64"]:
+        assert isinstance(text, str)
+        return decode_base64_audio(text, max_bytes=max_bytes, field=base64_field)
+    if required:
+        if allowed_dirs is None:
+            raise InvalidInput(
+                f"{field} is missing; upload the audio file as multipart field {field!r}, or send it base64-encoded "
+                "in a JSON body",
+                field=field,
+            )
+        raise InvalidInput(
+            f"no audio given; pass {path_field} (a file inside {_describe(allowed_dirs)}) or {base64_field} "
+            "(the file's bytes, base64-encoded)",
+            field=path_field,
+        )
+    return None
+
+
+def _check_upload(data: bytes, *, field: str, max_bytes: int) -> bytes:
+    if not data:
+        raise InvalidInput(f"the uploaded {field} is empty; choose a non-empty audio file", field=field)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"the uploaded {field} holds {_mib(len(data))}; the limit is {_mib(max_bytes)} (MAX_UPLOAD_MB)",
+            field=field,
+        )
+    return data
+
+
 def read_audio_input(
     path: str | None,
     data_base64: str | None,
@@ -39,28 +123,16 @@ def read_audio_input(
     base64_field: str,
     required: bool = True,
 ) -> bytes | None:
-    """Return the bytes of exactly one of `path` / `data_base64`, or None when neither is given and not required.
-
-    `path_field` / `base64_field` are the tool's argument names, used in error messages so the caller knows
-    which argument to fix.
-    """
-    has_path = path is not None and path.strip() != ""
-    has_data = data_base64 is not None and data_base64.strip() != ""
-    if has_path and has_data:
-        raise InvalidInput(f"give either {path_field} or {base64_field}, not both", field=path_field)
-    if has_path:
-        assert path is not None
-        return read_allowed_file(path, allowed_dirs=allowed_dirs, max_bytes=max_bytes, field=path_field)
-    if has_data:
-        assert data_base64 is not None
-        return decode_base64_audio(data_base64, max_bytes=max_bytes, field=base64_field)
-    if required:
-        raise InvalidInput(
-            f"no audio given; pass {path_field} (a file inside {_describe(allowed_dirs)}) or {base64_field} "
-            "(the file's bytes, base64-encoded)",
-            field=path_field,
-        )
-    return None
+    """MCP's form of `read_audio`: exactly one of `path` / `data_base64` (the tool's argument names)."""
+    return read_audio(
+        AudioInput(path=path, base64_text=data_base64),
+        field=path_field,
+        max_bytes=max_bytes,
+        allowed_dirs=allowed_dirs,
+        path_field=path_field,
+        base64_field=base64_field,
+        required=required,
+    )
 
 
 def resolve_allowed_path(raw: str, *, allowed_dirs: list[Path], field: str = "path") -> Path:

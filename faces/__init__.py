@@ -1,0 +1,1 @@
+"""The faces: adapters from a wire format (REST, MCP, the web UI) to `llasa.service.TTSService` and back."""
