@@ -551,7 +551,7 @@ def test_openai_stream_failure_counts_as_an_error(
     errors = metric_value(api, "llasa_syntheses_total", outcome="error", **labels)
     cancelled = metric_value(api, "llasa_syntheses_total", outcome="cancelled", **labels)
     body = {"input": "Two sentences here. And the second one.", "stream_format": "audio", "response_format": "pcm"}
-    with caplog.at_level("ERROR", logger="api_openai"):
+    with caplog.at_level("ERROR", logger="faces.rest.routes.speech"):
         try:
             response = api.post("/v1/audio/speech", json={**body, **QUICK}, stream=True)
             assert response.status_code == 200
@@ -563,7 +563,7 @@ def test_openai_stream_failure_counts_as_an_error(
             "the failed stream to be counted as an error",
         )
     assert metric_value(api, "llasa_syntheses_total", outcome="cancelled", **labels) == cancelled
-    failures = [r for r in caplog.records if r.name == "api_openai" and r.levelname == "ERROR"]
+    failures = [r for r in caplog.records if r.name == "faces.rest.routes.speech" and r.levelname == "ERROR"]
     assert failures
     assert failures[0].exc_info is not None
     assert "encoder bug" in str(failures[0].exc_info[1])
@@ -810,7 +810,7 @@ def test_no_cors_headers_by_default(api: Api) -> None:
 
 def test_front_end_imports_no_torch_and_starts_nothing() -> None:
     code = (
-        "import sys, threading; import api_server, api_openai, api_jobs, api_metrics, api_audio; "
+        "import sys, threading; import api_server, faces.rest.app; "
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'; "
         "assert threading.active_count() == 1, threading.enumerate()"
     )

@@ -162,7 +162,7 @@ def test_api_key_guards_every_route_but_health(make_settings: Callable[..., Sett
         client = openai.OpenAI(base_url=url + "/v1", api_key="s3cret-key", max_retries=0)
         assert "tts-1" in {m.id for m in client.models.list()}
         # An unexpected exception: 500 in the usual shape, the trace in the log only.
-        with caplog.at_level(logging.ERROR, logger="api_server"):
+        with caplog.at_level(logging.ERROR, logger="faces.rest"):
             crash = requests.get(url + "/boom", headers=good, timeout=TIMEOUT_S)
         error = check_error(crash, 500, "internal_error")
         assert "secret internal detail" not in crash.text

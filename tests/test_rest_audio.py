@@ -1,4 +1,4 @@
-"""api_audio: OpenAI's `speed` (time-stretch) and the streaming encoders behind stream_format=audio / sse."""
+"""faces.rest.audio: OpenAI's `speed` (time-stretch) and the streaming encoders behind stream_format=audio / sse."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from api_audio import STREAM_FORMATS, StreamEncoder, time_stretch
+from faces.rest.audio import STREAM_FORMATS, StreamEncoder, time_stretch
 
 RATE = 16000
 

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Request, request
+from flask import Request, current_app, request
 from werkzeug.datastructures import FileStorage
 
 from faces.inputs import AudioInput, read_audio
@@ -205,6 +205,16 @@ def public_url(settings: Settings, path: str) -> str:
     return request.host_url.rstrip("/") + path
 
 
+def api_context() -> ApiContext:
+    """The ApiContext of the app serving the current request (set by `create_app`)."""
+    return current_app.extensions["llasa_api"]
+
+
+def output_url(output_id: str) -> str:
+    """Where a client downloads a generated file (GET /api/outputs/<id>)."""
+    return public_url(api_context().settings, f"/api/outputs/{output_id}")
+
+
 class DisconnectWatch:
     """Sets `cancel` as soon as the HTTP client goes away, so its synthesis stops instead of running on.
 
@@ -254,8 +264,8 @@ class ApiContext:
     """What every route needs: the service, the settings, the job runner and the metrics of one app."""
 
     def __init__(self, service: Any, settings: Settings) -> None:
-        from api_jobs import JobRunner
-        from api_metrics import ApiMetrics
+        from faces.rest.jobs import JobRunner
+        from faces.rest.metrics import ApiMetrics
 
         self.service = service
         self.settings = settings

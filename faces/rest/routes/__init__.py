@@ -1,0 +1,1 @@
+"""REST route groups, one Blueprint per module."""
