@@ -27,7 +27,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 import app
-import ui_i18n
+from faces.webui import common as ui_common
+from faces.webui import i18n as ui_i18n
 from llasa.config import Settings
 from llasa.service import TTSService
 from llasa.types import TranscriptionRequest
@@ -204,7 +205,7 @@ def test_a_long_reference_is_trimmed_with_a_notice(ui: SimpleNamespace, audio_di
     # part, so the model is conditioned on the transcript as given.
     assert "must match them" in notice
     used = facts.split("**Transcript used**: ", 1)[1].split("\n", 1)[0]
-    assert used == app._md("Words for the whole clip.")
+    assert used == ui_common.md("Words for the whole clip.")
     assert transcript == "Words for the whole clip."
 
 
@@ -216,7 +217,7 @@ def test_uploading_a_long_clip_transcribes_only_the_kept_part(ui: SimpleNamespac
         heard.append(request.audio)
         return original(request)
 
-    handlers = app._WebUI(ui.service, ui.settings, ["wav"])
+    handlers = app.WebUI(ui.service, ui.settings, ["wav"])
     ui.service.transcribe = recording
     try:
         transcript, notice = handlers.transcribe_upload(str(audio_dir / "en_long_22k.ogg"), "auto", None)
@@ -303,7 +304,7 @@ def test_a_voice_saved_elsewhere_works_from_a_fresh_client(ui: SimpleNamespace, 
 
 
 def test_the_python_example_runs(ui: SimpleNamespace, audio_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _curl, _mcp, python = app._WebUI(ui.service, ui.settings, ["wav"]).connection_examples(None)
+    _curl, _mcp, python = app.WebUI(ui.service, ui.settings, ["wav"]).connection_examples(None)
     assert 'handle_file("reference.wav")' in python
     code = python.replace('"reference.wav"', repr(str(audio_dir / "en_16k_mono.wav")))
     exec(compile(code, "<python example>", "exec"), {})  # the page's own example, run as a user would
@@ -411,7 +412,7 @@ def test_page_answers_in_both_languages_and_shows_real_ports(ui: SimpleNamespace
     translations = config["i18n_translations"]
     assert translations["zh-CN"]["generate_btn"] == "生成语音"
     assert translations["en"]["generate_btn"] == "Generate"
-    ui_handlers = app._WebUI(ui.service, ui.settings, ["wav"])
+    ui_handlers = app.WebUI(ui.service, ui.settings, ["wav"])
     curl, mcp, python = ui_handlers.connection_examples(None)
     assert f"http://127.0.0.1:{ui.settings.api_port}/api/tts" in curl
     assert f"http://127.0.0.1:{ui.settings.mcp_port}/mcp" in mcp
