@@ -24,6 +24,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -281,6 +282,35 @@ class _MonoConverter:
         return np.asarray(mono, dtype=np.float32)
 
 
+def _open_container(data: bytes) -> Any:
+    """An open PyAV container for `data`, after the checks that need no decoder (empty, not audio, cut WAV)."""
+    if not data:
+        raise _unsupported("the audio file is empty (0 bytes)")
+    what = _describe_non_audio(data)
+    if what is not None:
+        raise _unsupported(f"this is {what}, not audio")
+    _check_wav_complete(data)
+    try:
+        return av.open(io.BytesIO(data), mode="r", container_options={"format_whitelist": _ALLOWED_DEMUXERS})
+    except (av.FFmpegError, ValueError, OSError) as e:
+        raise _unsupported("could not read the audio: the file is corrupt, truncated or not audio") from e
+
+
+def _checked_seconds(container: Any, decoded_s: float, *, stopped_early: bool) -> float:
+    """The recording's length: the container's own when decoding stopped early; a file that decodes to much
+    less than it declares is refused as corrupt."""
+    declared_s = container.duration / av.time_base if container.duration else 0.0
+    if stopped_early:
+        return max(decoded_s, declared_s)
+    if _declares_exact_duration(container.format.name) and decoded_s < declared_s * 0.9 - 0.1:
+        # Demuxers skip damaged pages or frames and carry on, so a corrupt file would pass as a shorter one.
+        raise _unsupported(
+            f"the audio file is corrupt or truncated: it should last {declared_s:.1f} s but only "
+            f"{decoded_s:.1f} s could be decoded"
+        )
+    return decoded_s
+
+
 def _decode(
     data: bytes, sample_rate: int, *, keep_seconds: float | None, limit_seconds: float | None
 ) -> tuple[np.ndarray, float]:
@@ -289,16 +319,7 @@ def _decode(
     Returns (samples, seconds): at most `keep_seconds` of samples, and the length of the whole recording (read
     from the container when decoding stopped early). Raises PayloadTooLarge past `limit_seconds`.
     """
-    if not data:
-        raise _unsupported("the audio file is empty (0 bytes)")
-    what = _describe_non_audio(data)
-    if what is not None:
-        raise _unsupported(f"this is {what}, not audio")
-    _check_wav_complete(data)
-    try:
-        container = av.open(io.BytesIO(data), mode="r", container_options={"format_whitelist": _ALLOWED_DEMUXERS})
-    except (av.FFmpegError, ValueError, OSError) as e:
-        raise _unsupported("could not read the audio: the file is corrupt, truncated or not audio") from e
+    container = _open_container(data)
     with container:
         if not container.streams.audio:
             raise _unsupported(f"the file ({container.format.name}) holds no audio track")
@@ -347,16 +368,7 @@ def _decode(
             ) from e
         if packets and bad_packets > max(2, packets // 10):
             raise _unsupported(f"the audio file is corrupt: {bad_packets} of {packets} packets are damaged")
-        seconds = total / sample_rate
-        declared_s = container.duration / av.time_base if container.duration else 0.0
-        if stopped_early:
-            seconds = max(seconds, declared_s)
-        elif _declares_exact_duration(container.format.name) and seconds < declared_s * 0.9 - 0.1:
-            # Demuxers skip damaged pages or frames and carry on, so a corrupt file would pass as a shorter one.
-            raise _unsupported(
-                f"the audio file is corrupt or truncated: it should last {declared_s:.1f} s but only "
-                f"{seconds:.1f} s could be decoded"
-            )
+        seconds = _checked_seconds(container, total / sample_rate, stopped_early=stopped_early)
     # Anything under one 20 ms frame is a header with nothing behind it (a cut-off upload).
     if kept < sample_rate * _FRAME_S:
         raise _unsupported(

@@ -12,6 +12,7 @@ from fastmcp.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from faces.inputs import read_audio_input
 from llasa.audio import AUDIO_FORMATS
 from llasa.config import Settings
 from llasa.errors import TTSError
@@ -115,3 +116,19 @@ def tool_decorator(mcp: FastMCP, settings: Settings) -> ToolDecorator:
         return register
 
     return tool
+
+
+def read_audio(
+    settings: Settings, path: str | None, data: str | None, path_field: str, data_field: str, *, required: bool
+) -> bytes | None:
+    """One audio argument given as a path in MCP_ALLOWED_DIRS or as base64 (`faces.inputs`, the reader REST
+    uses too)."""
+    return read_audio_input(
+        path,
+        data,
+        allowed_dirs=settings.allowed_dirs,
+        max_bytes=settings.max_upload_bytes,
+        path_field=path_field,
+        base64_field=data_field,
+        required=required,
+    )

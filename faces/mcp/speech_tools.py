@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from fastmcp import Context
 from fastmcp.tools.base import ToolResult
 
-from faces.inputs import read_audio_input
 from llasa.audio import validate_output
 from llasa.config import Settings
 from llasa.types import SAMPLE_RATE, GenerationParams, SynthesisRequest, TranscriptionRequest
@@ -30,6 +29,7 @@ from faces.mcp.common import (
     ToolDecorator,
     TopK,
     TopP,
+    read_audio,
     tool_errors,
 )
 from faces.mcp.results import SpeechResult, speech_result
@@ -82,22 +82,11 @@ async def _run_with_progress(
 
 def register(tool: ToolDecorator, service: TTSService, settings: Settings) -> None:
     """Add the speech tools to the server `tool` registers on."""
-    allowed_dirs = settings.allowed_dirs
-    max_bytes = settings.max_upload_bytes
+    _add_generate_speech(tool, service, settings)
+    _add_transcribe_audio(tool, service, settings)
 
-    def read_audio(
-        path: str | None, data: str | None, path_field: str, data_field: str, *, required: bool
-    ) -> bytes | None:
-        return read_audio_input(
-            path,
-            data,
-            allowed_dirs=allowed_dirs,
-            max_bytes=max_bytes,
-            path_field=path_field,
-            base64_field=data_field,
-            required=required,
-        )
 
+def _add_generate_speech(tool: ToolDecorator, service: TTSService, settings: Settings) -> None:
     @tool(annotations=ADDITIVE, output_schema=SpeechResult.model_json_schema())
     async def generate_speech(
         ctx: Context,
@@ -164,6 +153,7 @@ def register(tool: ToolDecorator, service: TTSService, settings: Settings) -> No
 
         def synthesize(progress: Callable[[int, int, str], None], cancel: threading.Event) -> ToolResult:
             reference = read_audio(
+                settings,
                 reference_audio_path,
                 reference_audio_base64,
                 "reference_audio_path",
@@ -187,6 +177,8 @@ def register(tool: ToolDecorator, service: TTSService, settings: Settings) -> No
         with tool_errors("generate_speech"):
             return await _run_with_progress(ctx, synthesize)
 
+
+def _add_transcribe_audio(tool: ToolDecorator, service: TTSService, settings: Settings) -> None:
     @tool(annotations=READ_ONLY)
     def transcribe_audio(
         audio_path: str | None = None, audio_base64: str | None = None, language: str | None = None
@@ -204,7 +196,7 @@ def register(tool: ToolDecorator, service: TTSService, settings: Settings) -> No
             language: Language code such as 'en' or 'zh'. Default: detected.
         """
         with tool_errors("transcribe_audio"):
-            audio = read_audio(audio_path, audio_base64, "audio_path", "audio_base64", required=True)
+            audio = read_audio(settings, audio_path, audio_base64, "audio_path", "audio_base64", required=True)
             assert audio is not None
             transcription = TranscriptionRequest(audio, language, surface="mcp", endpoint="transcribe_audio")
             return service.transcribe(transcription).to_dict()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from faces.inputs import read_audio_input
 from llasa.config import Settings
 
 if TYPE_CHECKING:
@@ -16,6 +15,7 @@ from faces.mcp.common import (
     DESTRUCTIVE,
     READ_ONLY_IDEMPOTENT,
     ToolDecorator,
+    read_audio,
     tool_errors,
 )
 from faces.mcp.results import VoiceEntry, VoiceList
@@ -25,21 +25,6 @@ logger = logging.getLogger(__name__)
 
 def register(tool: ToolDecorator, service: TTSService, settings: Settings) -> None:
     """Add the voice tools to the server `tool` registers on."""
-    allowed_dirs = settings.allowed_dirs
-    max_bytes = settings.max_upload_bytes
-
-    def read_audio(
-        path: str | None, data: str | None, path_field: str, data_field: str, *, required: bool
-    ) -> bytes | None:
-        return read_audio_input(
-            path,
-            data,
-            allowed_dirs=allowed_dirs,
-            max_bytes=max_bytes,
-            path_field=path_field,
-            base64_field=data_field,
-            required=required,
-        )
 
     @tool(annotations=READ_ONLY_IDEMPOTENT)
     def list_voices() -> VoiceList:
@@ -76,7 +61,7 @@ def register(tool: ToolDecorator, service: TTSService, settings: Settings) -> No
             transcript: Exact words spoken in the recording. Default: transcribed automatically.
         """
         with tool_errors("create_voice"):
-            audio = read_audio(audio_path, audio_base64, "audio_path", "audio_base64", required=True)
+            audio = read_audio(settings, audio_path, audio_base64, "audio_path", "audio_base64", required=True)
             assert audio is not None
             info = service.create_voice(name, audio, transcript)
             return VoiceEntry.model_validate(info.to_dict())

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 class MovesMixin(ManagerBase):
     """Performs the moves the table marks, and decides which ones an idle model is due for."""
 
-    def _load_or_reload(self, entry: ModelEntry, kind: str, previous: ModelState) -> None:
+    # One function on purpose: the retry-once-after-OOM loop and the bookkeeping of each outcome must clear the
+    # move mark on every path, which is easiest to check when every path is on one screen.
+    def _load_or_reload(self, entry: ModelEntry, kind: str, previous: ModelState) -> None:  # noqa: PLR0915
         """Run a load or reload marked in the table; always clears the mark (the next use() retries).
 
         An out-of-memory error from the loader or the reload is retried once, after every idle model was moved

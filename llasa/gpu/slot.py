@@ -33,8 +33,12 @@ class GPUSlotMixin(ManagerBase):
     _job_started_s: float
     _job_durations_s: deque[float]
 
+    # One function on purpose: the queue's every exit (granted, timed out, cancelled, interrupted, re-entered)
+    # decides under the same lock in the same order, and reads best side by side.
     @contextlib.contextmanager
-    def gpu_slot(self, *, timeout_s: float | None = None, cancel: threading.Event | None = None) -> Iterator[None]:
+    def gpu_slot(  # noqa: PLR0912, PLR0915
+        self, *, timeout_s: float | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[None]:
         """Hold the process's one GPU job slot for the block; waiters are served first come, first served.
 
         QueueFull (429) at once when MAX_QUEUE requests already wait; Busy (503) after waiting GPU_WAIT_TIMEOUT s

@@ -135,6 +135,8 @@ class SynthesisHandlers(WebUIBase):
 
         return report
 
+    # Over 100 lines because gradio hands every input over as its own parameter (17 lines of signature) and
+    # the result is 8 outputs built in one place; the steps themselves are helpers above.
     def synthesize(
         self,
         voice_mode: str,
@@ -298,60 +300,134 @@ class SynthesisHandlers(WebUIBase):
         return files or None
 
 
+def _voice_inputs(t: gr.I18n) -> dict[str, Any]:
+    """The voice column: reference clip (upload or microphone) + its transcript, or a saved voice."""
+    voice_mode = gr.Radio(
+        [
+            (t("mode_reference"), MODE_REFERENCE),
+            (t("mode_saved"), MODE_SAVED),
+            (t("mode_none"), MODE_NONE),
+        ],
+        value=MODE_REFERENCE,
+        label=t("voice_mode"),
+        elem_id="voice-mode",
+    )
+    with gr.Column(visible=True) as reference_group:
+        reference_audio = gr.Audio(
+            sources=["upload", "microphone"],
+            type="filepath",
+            label=t("ref_audio"),
+            elem_id="reference-audio",
+        )
+        with gr.Row(elem_classes=["llasa-bottom"]):
+            language = gr.Dropdown(
+                list(TRANSCRIBE_LANGUAGES),
+                value="auto",
+                # Any other Whisper code can be typed; the service checks it.
+                allow_custom_value=True,
+                label=t("language"),
+                info=t("language_info"),
+                scale=2,
+            )
+            transcribe_btn = gr.Button(t("transcribe_btn"), scale=1, elem_id="transcribe")
+        reference_text = gr.Textbox(
+            label=t("transcript"),
+            info=t("transcript_info"),
+            placeholder=t("transcript_placeholder"),
+            lines=3,
+            elem_id="reference-text",
+        )
+    with gr.Row(visible=False) as saved_group:
+        voice = gr.Dropdown(
+            [],
+            value=None,
+            # Choices are filled per browser session; API callers (and voices saved over
+            # REST or MCP since) name any voice: the service refuses unknown ones clearly.
+            allow_custom_value=True,
+            label=t("saved_voice"),
+            info=t("saved_voice_info"),
+            scale=4,
+            elem_id="saved-voice",
+        )
+        refresh_voices_btn = gr.Button(t("refresh"), scale=1, size="sm")
+    return {
+        "voice_mode": voice_mode,
+        "reference_group": reference_group,
+        "reference_audio": reference_audio,
+        "reference_text": reference_text,
+        "saved_group": saved_group,
+        "voice": voice,
+        "refresh_voices_btn": refresh_voices_btn,
+        "language": language,
+        "transcribe_btn": transcribe_btn,
+    }
+
+
+def _generation_parameters(settings: Settings, t: gr.I18n, formats: list[str]) -> dict[str, Any]:
+    """The 'advanced' sampling parameters and the output format."""
+    with gr.Row():
+        temperature = gr.Slider(
+            0.05,
+            2.0,
+            value=settings.default_temperature,
+            step=0.05,
+            label=t("temperature"),
+            info=t("temperature_info"),
+        )
+        top_p = gr.Slider(
+            0.05,
+            1.0,
+            value=settings.default_top_p,
+            step=0.01,
+            label=t("top_p"),
+            info=t("top_p_info"),
+        )
+    with gr.Row():
+        top_k = gr.Slider(
+            0,
+            200,
+            value=min(settings.default_top_k, 200),
+            step=1,
+            label=t("top_k"),
+            info=t("top_k_info"),
+        )
+        repetition_penalty = gr.Slider(
+            0.5,
+            2.0,
+            value=settings.default_repetition_penalty,
+            step=0.05,
+            label=t("repetition_penalty"),
+            info=t("repetition_penalty_info"),
+        )
+    with gr.Row():
+        max_seconds = gr.Slider(
+            1,
+            300,
+            value=settings.max_audio_seconds,
+            step=1,
+            label=t("max_seconds"),
+            info=t("max_seconds_info"),
+        )
+        seed = gr.Number(value=-1, precision=0, minimum=-1, label=t("seed"), info=t("seed_info"))
+    output_format = gr.Dropdown(formats, value="wav", label=t("output_format"))
+    return {
+        "output_format": output_format,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "repetition_penalty": repetition_penalty,
+        "max_seconds": max_seconds,
+        "seed": seed,
+    }
+
+
 def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> SimpleNamespace:
     """The tab's components (call inside `gr.Tabs()`); `create_ui` wires the events that span tabs."""
     # --- Synthesize -----------------------------------------------------------------------------
     with gr.Tab(t("tab_synth"), id="synth") as synth_tab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                voice_mode = gr.Radio(
-                    [
-                        (t("mode_reference"), MODE_REFERENCE),
-                        (t("mode_saved"), MODE_SAVED),
-                        (t("mode_none"), MODE_NONE),
-                    ],
-                    value=MODE_REFERENCE,
-                    label=t("voice_mode"),
-                    elem_id="voice-mode",
-                )
-                with gr.Column(visible=True) as reference_group:
-                    reference_audio = gr.Audio(
-                        sources=["upload", "microphone"],
-                        type="filepath",
-                        label=t("ref_audio"),
-                        elem_id="reference-audio",
-                    )
-                    with gr.Row(elem_classes=["llasa-bottom"]):
-                        language = gr.Dropdown(
-                            list(TRANSCRIBE_LANGUAGES),
-                            value="auto",
-                            # Any other Whisper code can be typed; the service checks it.
-                            allow_custom_value=True,
-                            label=t("language"),
-                            info=t("language_info"),
-                            scale=2,
-                        )
-                        transcribe_btn = gr.Button(t("transcribe_btn"), scale=1, elem_id="transcribe")
-                    reference_text = gr.Textbox(
-                        label=t("transcript"),
-                        info=t("transcript_info"),
-                        placeholder=t("transcript_placeholder"),
-                        lines=3,
-                        elem_id="reference-text",
-                    )
-                with gr.Row(visible=False) as saved_group:
-                    voice = gr.Dropdown(
-                        [],
-                        value=None,
-                        # Choices are filled per browser session; API callers (and voices saved over
-                        # REST or MCP since) name any voice: the service refuses unknown ones clearly.
-                        allow_custom_value=True,
-                        label=t("saved_voice"),
-                        info=t("saved_voice_info"),
-                        scale=4,
-                        elem_id="saved-voice",
-                    )
-                    refresh_voices_btn = gr.Button(t("refresh"), scale=1, size="sm")
+                voice_inputs = _voice_inputs(t)
             with gr.Column(scale=1):
                 text_input = gr.Textbox(
                     label=t("text"),
@@ -365,51 +441,7 @@ def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> 
                 )
                 gr.Examples([[e] for e in EXAMPLE_TEXTS], inputs=[text_input], label=t("examples"))
                 with gr.Accordion(t("advanced"), open=False):
-                    with gr.Row():
-                        temperature = gr.Slider(
-                            0.05,
-                            2.0,
-                            value=settings.default_temperature,
-                            step=0.05,
-                            label=t("temperature"),
-                            info=t("temperature_info"),
-                        )
-                        top_p = gr.Slider(
-                            0.05,
-                            1.0,
-                            value=settings.default_top_p,
-                            step=0.01,
-                            label=t("top_p"),
-                            info=t("top_p_info"),
-                        )
-                    with gr.Row():
-                        top_k = gr.Slider(
-                            0,
-                            200,
-                            value=min(settings.default_top_k, 200),
-                            step=1,
-                            label=t("top_k"),
-                            info=t("top_k_info"),
-                        )
-                        repetition_penalty = gr.Slider(
-                            0.5,
-                            2.0,
-                            value=settings.default_repetition_penalty,
-                            step=0.05,
-                            label=t("repetition_penalty"),
-                            info=t("repetition_penalty_info"),
-                        )
-                    with gr.Row():
-                        max_seconds = gr.Slider(
-                            1,
-                            300,
-                            value=settings.max_audio_seconds,
-                            step=1,
-                            label=t("max_seconds"),
-                            info=t("max_seconds_info"),
-                        )
-                        seed = gr.Number(value=-1, precision=0, minimum=-1, label=t("seed"), info=t("seed_info"))
-                    output_format = gr.Dropdown(formats, value="wav", label=t("output_format"))
+                    parameters = _generation_parameters(settings, t, formats)
                 with gr.Row():
                     generate_btn = gr.Button(t("generate_btn"), variant="primary", scale=3, elem_id="generate")
                     cancel_btn = gr.Button(t("cancel_btn"), variant="stop", scale=1, elem_id="cancel")
@@ -438,34 +470,20 @@ def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> 
         history = gr.State([])
 
     return SimpleNamespace(
+        **voice_inputs,
+        **parameters,
         synth_tab=synth_tab,
         history=history,
         history_md=history_md,
         history_files=history_files,
-        voice_mode=voice_mode,
         text_input=text_input,
         char_count=char_count,
         result_audio=result_audio,
         result_file=result_file,
         notice=notice,
         facts=facts,
-        reference_group=reference_group,
-        reference_audio=reference_audio,
-        reference_text=reference_text,
-        saved_group=saved_group,
-        voice=voice,
-        refresh_voices_btn=refresh_voices_btn,
-        output_format=output_format,
         generate_btn=generate_btn,
         cancel_btn=cancel_btn,
-        language=language,
-        transcribe_btn=transcribe_btn,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        repetition_penalty=repetition_penalty,
-        max_seconds=max_seconds,
-        seed=seed,
     )
 
 
