@@ -8,8 +8,8 @@
 Loaders take a hub id (or a faster-whisper size name) or a local folder, from LLASA_MODEL / XCODEC2_MODEL /
 WHISPER_MODEL, honour HF_TOKEN / HF_ENDPOINT / HF_HOME, and raise `ModelUnavailable` naming the model and the
 variable to set when the weights cannot be found, downloaded or loaded, or when the checkpoint lacks weights the
-architecture needs (transformers would fill those with random values and only print a table). Weights are bf16 on
-CUDA and fp32 on the CPU.
+architecture needs (transformers would fill those with random values and only print a table). Llasa's weights are
+bf16 on CUDA and fp32 on the CPU; XCodec2's are XCODEC2_DTYPE (fp32 by default) everywhere.
 One module per model (`llasa_lm`, `xcodec2`, `whisper`) and `hub` (where the weights come from).
 Nothing is loaded at import; `register_models()` only registers loaders with the manager.
 """
