@@ -31,13 +31,28 @@ if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi wqy
   fi
 fi
 
-# 3. Lint and format.
+# 3. schemathesis, for the property-based run against the REST spec (tests/rest/test_schemathesis.py), in a
+#    virtualenv of its own beside the service's: its pins need not match the service's. Keyed by its version.
+schemathesis_version=4.32.5
+schemathesis_venv=$cache_root/schemathesis-$schemathesis_version
+if [ ! -x "$schemathesis_venv/bin/schemathesis" ]; then
+  log "installing schemathesis $schemathesis_version into $schemathesis_venv"
+  python_bin=$(llasa_find_python) || exit 1
+  if ! "$python_bin" -m venv "$schemathesis_venv" ||
+    ! "$schemathesis_venv/bin/pip" install -q "schemathesis==$schemathesis_version"; then
+    echo "error: could not install schemathesis into $schemathesis_venv" >&2
+    exit 1
+  fi
+fi
+export LLASA_SCHEMATHESIS=$schemathesis_venv/bin/schemathesis
+
+# 4. Lint and format.
 log "ruff check"
 ruff check .
 log "ruff format --check"
 ruff format --check .
 
-# 4. The test suite. Tiny checkpoints are built once and cached under $cache_root (see tests/conftest.py).
+# 5. The test suite. Tiny checkpoints are built once and cached under $cache_root (see tests/conftest.py).
 log "pytest"
 export LLASA_CACHE_DIR=$cache_root
 python -m pytest -q "$@"

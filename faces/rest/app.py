@@ -21,7 +21,7 @@ from faces.rest.common import (
 )
 from faces.rest.errors import register_error_handlers
 from faces.rest.routes import outputs, speech, status, transcriptions, tts, voices
-from faces.rest.spec import SWAGGER_DEFINITIONS
+from faces.rest.schemas import definitions
 from llasa import __version__
 from llasa.config import Settings
 from llasa.errors import Unauthorized
@@ -105,7 +105,7 @@ def create_app(service: Any, settings: Settings) -> Flask:
             }
         },
         "security": [{"bearer": []}],
-        "definitions": SWAGGER_DEFINITIONS,
+        "definitions": definitions(),  # generated from faces/rest/schemas.py
     }
     Swagger(app, template=template)
     return app

@@ -25,7 +25,7 @@ def download_output(output_id: str) -> Response:
     """Download a generated audio file (kept for OUTPUT_TTL_HOURS).
     ---
     tags: [speech]
-    produces: [audio/wav, audio/flac, audio/mpeg, audio/ogg, audio/aac, audio/pcm]
+    produces: [audio/wav, audio/flac, audio/mpeg, audio/ogg, audio/aac, audio/pcm, application/json]
     parameters:
       - in: path
         name: output_id

@@ -73,7 +73,7 @@ def speech() -> Response:
     ---
     tags: [openai]
     consumes: [application/json]
-    produces: [audio/mpeg, audio/ogg, audio/aac, audio/flac, audio/wav, audio/pcm, text/event-stream]
+    produces: [audio/mpeg, audio/ogg, audio/aac, audio/flac, audio/wav, audio/pcm, text/event-stream, application/json]
     parameters:
       - in: body
         name: body

@@ -84,13 +84,8 @@ def gpu_status() -> Response:
     tags: [gpu]
     responses:
       200:
-        description: the GPU manager's status
-        schema:
-          type: object
-          properties:
-            device: {type: object}
-            models: {type: object}
-            settings: {type: object}
+        description: the GPU manager's status (the typed `llasa.types.GPUStatus`)
+        schema: {$ref: '#/definitions/GPUStatus'}
       401:
         description: missing or wrong API key
         schema: {$ref: '#/definitions/Error'}
@@ -205,7 +200,7 @@ def metrics() -> Response:
     """Prometheus metrics: requests and errors per route, synthesis time, audio seconds, RTF, queue, models.
     ---
     tags: [status]
-    produces: [text/plain]
+    produces: [text/plain, application/json]
     responses:
       200:
         description: Prometheus text exposition format

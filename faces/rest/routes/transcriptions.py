@@ -13,6 +13,7 @@ from faces.rest.common import (
     read_audio_field,
     read_body,
 )
+from faces.rest.schemas import Transcription, shaped
 from llasa.errors import InvalidInput
 from llasa.types import TranscriptionRequest, TranscriptionResult
 
@@ -117,7 +118,7 @@ def transcribe() -> Response:
     audio = read_audio_field(fields, files, "audio", ctx.settings, required=True)
     language = parse_text(fields.get("language"), "language")
     result = ctx.service.transcribe(TranscriptionRequest(audio, language, surface="rest", endpoint="transcribe"))
-    return jsonify(result.to_dict())
+    return jsonify(shaped(Transcription, result.to_dict()))
 
 
 @bp.post("/v1/audio/transcriptions")

@@ -19,6 +19,7 @@ from faces.rest.common import (
     read_body,
     synthesis_headers,
 )
+from faces.rest.schemas import Job, TTSJsonResponse, shaped
 from llasa.audio import AUDIO_FORMATS, encode_audio, validate_output
 from llasa.errors import InvalidInput
 from llasa.outputs import FORMAT_EXTENSIONS
@@ -205,7 +206,7 @@ def tts() -> Response | tuple[Response, int]:
         # A bad request must get its 4xx now, not become a failed job.
         ctx.service.validate_synthesis(synthesis)
         job = ctx.jobs.submit(synthesis, fmt=fmt, sample_rate=sample_rate)
-        response = jsonify(job.to_dict(output_url))
+        response = jsonify(shaped(Job, job.to_dict(output_url)))
         response.headers["Location"] = f"/api/jobs/{job.id}"
         return response, 202
     result = ctx.synthesize(synthesis)
@@ -219,7 +220,7 @@ def tts() -> Response | tuple[Response, int]:
             "mime_type": saved.mime_type,
             "size_bytes": saved.size_bytes,
         }
-        return jsonify({"result": result.facts(), "output": output})
+        return jsonify(shaped(TTSJsonResponse, {"result": result.facts(), "output": output}))
     data = encode_audio(result.audio, result.sample_rate, fmt, target_sample_rate=sample_rate)
     headers = synthesis_headers(result, sample_rate=rate, fmt=fmt)
     headers["Content-Disposition"] = f'inline; filename="speech.{FORMAT_EXTENSIONS[fmt]}"'
@@ -246,7 +247,7 @@ def get_job(job_id: str) -> Response:
     """
     ctx = api_context()
     ctx.jobs.expire()
-    return jsonify(ctx.jobs.get(job_id).to_dict(output_url))
+    return jsonify(shaped(Job, ctx.jobs.get(job_id).to_dict(output_url)))
 
 
 @bp.delete("/api/jobs/<job_id>")
@@ -271,4 +272,4 @@ def cancel_job(job_id: str) -> Response:
         schema: {$ref: '#/definitions/Error'}
     """
     ctx = api_context()
-    return jsonify(ctx.jobs.cancel(job_id).to_dict(output_url))
+    return jsonify(shaped(Job, ctx.jobs.cancel(job_id).to_dict(output_url)))

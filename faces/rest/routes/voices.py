@@ -15,6 +15,7 @@ from faces.rest.common import (
     read_audio_field,
     read_body,
 )
+from faces.rest.schemas import Voice, shaped
 from llasa.audio import AUDIO_FORMATS
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _voice_object(info: Any) -> dict[str, Any]:
     plus this service's fields: transcript, duration_s, num_codes, codec_model, created_iso and warnings."""
     data = info.to_dict()
     created_iso = data.pop("created_at")
-    return {
+    voice = {
         "id": info.name,
         "object": "audio.voice",
         "type": "audio_sample",
@@ -52,6 +53,7 @@ def _voice_object(info: Any) -> dict[str, Any]:
         "created_iso": created_iso,
         **data,
     }
+    return shaped(Voice, voice)
 
 
 @bp.get("/v1/models")
@@ -213,7 +215,7 @@ def get_voice_audio(voice_id: str) -> Response:
 
 get_voice_audio.__doc__ = (
     "The saved voice's reference recording (16 kHz mono WAV), for previews.\n    ---\n    tags: [voices]\n"
-    "    produces: [audio/wav]"
+    "    produces: [audio/wav, application/json]"
     + voice_id_param
     + """responses:
       200:
