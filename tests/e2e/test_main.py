@@ -1,7 +1,7 @@
 """main.py as a real process on the tiny checkpoints: start-up, a clear error for a taken port, and shutdown.
 
 Under SIGTERM the launcher must stop taking requests, let the running one finish, release every model (logged)
-and exit 0. The UI is left out here (`--only api,mcp`) to keep the file fast; tests/test_scripts.py runs all three.
+and exit 0. The UI is left out here (`--only api,mcp`) to keep the file fast; tests/e2e/test_scripts.py runs all three.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from fastmcp import Client
 
 from llasa.config import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 READY_LINE = "Llasa TTS is up in"
 START_TIMEOUT_S = 240.0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SCRIPTS = ["start.sh", "stop.sh", "scripts/venv.sh", "test_all.sh", ".ci/run"]
 # Commands start.sh's functions use; the "no nvidia-smi" case runs with a PATH holding only these.

@@ -38,7 +38,7 @@ from llasa.errors import (
     UnsupportedAudio,
 )
 
-AUDIO_DIR = Path(__file__).parent / "data" / "audio"
+AUDIO_DIR = Path(__file__).parents[1] / "data" / "audio"
 SR = 16_000
 TEST_FILES = [
     "en_16k_mono.wav",

@@ -36,7 +36,7 @@ from api_server import RunningServer, create_app
 from llasa.config import Settings
 from llasa.service import TTSService
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AUDIO_DIR = REPO / "tests" / "data" / "audio"  # the conftest's `audio_dir`, for module scope
 EN_TRANSCRIPT = "The quick brown fox jumps over the lazy dog. This is a short reference recording."
 QUICK = {"max_audio_seconds": 0.3, "seed": 11}

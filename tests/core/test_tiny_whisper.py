@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AUDIO_DIR = REPO / "tests" / "data" / "audio"
 # A random model never emits <|endoftext|> on purpose: bound every decode so tests stay fast.
 MAX_NEW_TOKENS = 8

@@ -33,7 +33,7 @@ from llasa.config import Settings
 from llasa.service import TTSService
 from llasa.types import TranscriptionRequest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 LLASA_CONTROL_TOKENS = [
     "<|TEXT_GENERATION_START|>",
@@ -147,7 +147,7 @@ def test_legacy_tokenizer_format_and_llama32_template(tiny_models: Path, tokeniz
 
 
 def test_generation_config_has_instruct_defaults(tiny_models: Path) -> None:
-    """A Llama-3.x-Instruct's defaults, which sampling must never pick up (tests/test_golden_prompt.py checks)."""
+    """A Llama-3.x-Instruct's defaults, which sampling must never pick up (tests/core/test_golden_prompt.py checks)."""
     generation = json.loads((tiny_models / "llasa" / "generation_config.json").read_text())
     assert generation["temperature"] == 0.6
     assert generation["top_p"] == 0.9

@@ -20,7 +20,7 @@ from llasa.errors import InvalidInput, PayloadTooLarge, UnsupportedAudio
 from llasa.service import TTSService
 from llasa.types import Segment, TranscriptionRequest, TranscriptionResult
 
-AUDIO_DIR = Path(__file__).resolve().parent / "data" / "audio"
+AUDIO_DIR = Path(__file__).resolve().parents[1] / "data" / "audio"
 # Encoders pad (AAC adds ~1024 priming samples plus a partial last frame): allow that much slack.
 DURATION_TOLERANCE_S = 0.2
 

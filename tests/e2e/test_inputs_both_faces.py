@@ -23,7 +23,7 @@ from api_server import RunningServer, create_app
 from llasa.service import TTSService
 from mcp_server import create_http_server, create_mcp
 
-CLIP = Path(__file__).resolve().parent / "data" / "audio" / "en_16k_mono.wav"
+CLIP = Path(__file__).resolve().parents[1] / "data" / "audio" / "en_16k_mono.wav"
 
 
 def encodings(data: bytes) -> dict[str, str]:

@@ -30,7 +30,7 @@ from gpu_manager import (
 from llasa.config import Settings
 from llasa.errors import InvalidInput, ModelUnavailable, NotFound, TTSError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 
 

@@ -10,7 +10,7 @@ import pytest
 from llasa.bootstrap import client_host, load_settings_or_exit
 from llasa.outputs import cleanup_interval_s
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("ttl_hours", "expected_s"), [(0.01, 60.0), (1, 360.0), (24, 3600.0)])

@@ -39,7 +39,7 @@ from llasa.service import NOTHING_TO_CHANGE, TTSService
 from llasa.types import GenerationParams
 from mcp_server import create_http_server, create_mcp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AUDIO_DIR = REPO / "tests" / "data" / "audio"  # the conftest's `audio_dir`, for module-scoped fixtures
 TOOLS = {
     "generate_speech",

@@ -142,7 +142,7 @@ def test_ids_are_looked_up_from_the_tokenizer(tokenizer, ids: SpeechTokenIds) ->
     assert ids.speech_end_id == tokenizer.convert_tokens_to_ids("<|SPEECH_GENERATION_END|>")
     assert ids.first_speech_id == tokenizer.convert_tokens_to_ids("<|s_0|>")
     assert ids.last_speech_id == tokenizer.convert_tokens_to_ids("<|s_65535|>")
-    # the tiny tokenizer has the real checkpoints' layout (tests/test_golden_prompt.py checks it in depth)
+    # the tiny tokenizer has the real checkpoints' layout (tests/core/test_golden_prompt.py checks it in depth)
     assert (ids.speech_start_id, ids.speech_end_id, ids.first_speech_id) == (128260, 128261, 128264)
     assert ids.code_to_id(123) == tokenizer.convert_tokens_to_ids("<|s_123|>")
 
