@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 
 from llasa.errors import InvalidInput
-from llasa.types import CODES_PER_SECOND
+from llasa.units import CODES_PER_SECOND
 
 # ------------------------------------------------------------------------------------------------------------
 # Character classes

@@ -11,19 +11,16 @@ from typing import Any
 import numpy as np
 
 from llasa.errors import InvalidInput
+from llasa.text import normalize_text, refuse_control_markup
+
+# The units live in llasa/units.py; they are re-exported here, where the rest of the code has always found them.
+from llasa.units import CODES_PER_SECOND, MAX_SEED, SAMPLE_RATE, SAMPLES_PER_CODE  # noqa: F401
 
 #: What every audio input may be: encoded file bytes, or a path to a file.
 AudioSource = bytes | bytearray | str | Path
 
 #: progress(chunks_done, chunks_total, stage) is called as a synthesis advances.
 ProgressCallback = Callable[[int, int, str], None]
-
-SAMPLE_RATE = 16_000
-"""XCodec2 works at 16 kHz only; every reference is resampled to it and every result is produced at it."""
-SAMPLES_PER_CODE = 320
-"""One XCodec2 code covers 320 samples (20 ms, 50 codes per second)."""
-CODES_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_CODE
-MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -168,8 +165,6 @@ class SynthesisRequest:
     """The route, tool or tab inside the face (a metrics label): "tts", "speech_stream", "generate_speech"..."""
 
     def __post_init__(self) -> None:
-        from llasa.text import normalize_text, refuse_control_markup
-
         if not isinstance(self.text, str):
             raise InvalidInput(f"text must be a string, got {type(self.text).__name__}", field="text")
         text = normalize_text(self.text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
@@ -17,9 +17,6 @@ from llasa.audio import AUDIO_FORMATS
 from llasa.config import Settings
 from llasa.errors import TTSError
 from llasa.types import MAX_SEED
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 

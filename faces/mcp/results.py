@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastmcp.tools.base import ToolResult
 from fastmcp.utilities.types import Audio
@@ -13,9 +13,6 @@ from mcp.types import ContentBlock, TextContent
 from pydantic import BaseModel, Field
 
 from llasa.config import Settings
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 

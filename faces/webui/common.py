@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from faces.webui.i18n import language_of, static_translations, text
 from llasa.config import Settings
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 

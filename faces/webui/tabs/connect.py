@@ -1,21 +1,13 @@
-"""The API & MCP tab: how to reach REST and MCP from here, with copyable examples"""
+"""The API & MCP tab: how to reach REST and MCP from here, with copyable examples."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
 
 import gradio as gr
 
-if TYPE_CHECKING:
-    pass
-
-from types import SimpleNamespace
-
 from faces.webui.handlers import WebUIBase
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 

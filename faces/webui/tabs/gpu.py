@@ -1,20 +1,12 @@
-"""The GPU tab: each model's state, the card's memory, offload / release, timeouts"""
+"""The GPU tab: each model's state, the card's memory, offload / release, timeouts."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import Any
 
 import gradio as gr
-
-from faces.webui.i18n import STRINGS, text
-from llasa.config import Settings
-from llasa.types import DeviceStatus
-
-if TYPE_CHECKING:
-    pass
-
-from types import SimpleNamespace
 
 from faces.webui.common import (
     ALL_MODELS,
@@ -29,9 +21,9 @@ from faces.webui.common import (
     seconds_text,
 )
 from faces.webui.handlers import WebUIBase
-
-if TYPE_CHECKING:
-    from faces.webui.page import WebUI
+from faces.webui.i18n import STRINGS, text
+from llasa.config import Settings
+from llasa.types import DeviceStatus
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +191,7 @@ def create_gpu_tab(settings: Settings, t: gr.I18n) -> SimpleNamespace:
     )
 
 
-def wire_gpu_events(ui: WebUI, page: SimpleNamespace, settings: Settings) -> None:
+def wire_gpu_events(ui: GPUHandlers, page: SimpleNamespace, settings: Settings) -> None:
     """This tab's events; `page` holds every tab's components."""
     admin, light = GPU_ADMIN, LIGHT
     page.refresh_gpu_btn.click(ui.gpu_status, outputs=page.gpu_views, api_name="gpu_status", **light)

@@ -1,4 +1,4 @@
-"""The Synthesize tab: reference upload or microphone, transcription, text, parameters, result, history"""
+"""The Synthesize tab: reference upload or microphone, transcription, text, parameters, result, history."""
 
 from __future__ import annotations
 
@@ -36,9 +36,6 @@ from faces.webui.common import (
     preview,
 )
 from faces.webui.handlers import WebUIBase
-
-if TYPE_CHECKING:
-    from faces.webui.page import WebUI
 
 logger = logging.getLogger(__name__)
 
@@ -487,7 +484,7 @@ def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> 
     )
 
 
-def wire_synthesis_events(ui: WebUI, page: SimpleNamespace, settings: Settings) -> None:
+def wire_synthesis_events(ui: SynthesisHandlers, page: SimpleNamespace, settings: Settings) -> None:
     """This tab's events; `page` holds every tab's components."""
     gpu, light = GPU_JOB, LIGHT
     page.voice_mode.change(
@@ -568,4 +565,3 @@ def wire_synthesis_events(ui: WebUI, page: SimpleNamespace, settings: Settings) 
     # Two halves: the flag stops the running model at its next token; `cancels` drops a queued request
     # and frees the browser at once.
     page.cancel_btn.click(ui.cancel, inputs=None, outputs=None, cancels=[generate], api_name="cancel", **light)
-    page.refresh_voices_btn.click(ui.list_voices, outputs=page.voice_views, api_name="list_voices", **light)

@@ -1,25 +1,17 @@
-"""The Voices tab: save, list, preview, edit and delete saved voices"""
+"""The Voices tab: save, list, preview, edit and delete saved voices."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import Any
 
 import gradio as gr
 
-from faces.webui.i18n import text
-from llasa.config import Settings
-
-if TYPE_CHECKING:
-    pass
-
-from types import SimpleNamespace
-
 from faces.webui.common import GPU_JOB, LIGHT, lang_of, md, preview
 from faces.webui.handlers import WebUIBase
-
-if TYPE_CHECKING:
-    from faces.webui.page import WebUI
+from faces.webui.i18n import text
+from llasa.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +153,11 @@ def create_voices_tab(t: gr.I18n) -> SimpleNamespace:
     )
 
 
-def wire_voices_events(ui: WebUI, page: SimpleNamespace, settings: Settings) -> None:
+def wire_voices_events(ui: VoiceHandlers, page: SimpleNamespace, settings: Settings) -> None:
     """This tab's events; `page` holds every tab's components."""
     gpu, light = GPU_JOB, LIGHT
+    # The synthesis tab's voice picker lists the library too.
+    page.refresh_voices_btn.click(ui.list_voices, outputs=page.voice_views, api_name="list_voices", **light)
     page.save_voice_btn.click(
         ui.save_voice,
         inputs=[page.voice_name, page.reference_audio, page.reference_text, page.overwrite],
@@ -200,3 +194,5 @@ def wire_voices_events(ui: WebUI, page: SimpleNamespace, settings: Settings) -> 
         api_name="delete_voice",
         **light,
     )
+    # The synthesis tab's voice picker refreshes from the library too.
+    page.refresh_voices_btn.click(ui.list_voices, outputs=page.voice_views, api_name="list_voices", **light)
