@@ -1,0 +1,126 @@
+"""The running batch of the embedded engine: one left-padded KV cache for every active sequence.
+
+Row r of the cache holds sequence r's keys and values right-aligned: column j is real where `attention_mask[r, j]`
+is 1 and padding (zeros, never attended to) where it is 0. All rows share one length T, so a decode step feeds
+one token per row with `attention_mask` [B, T + 1] and per-row `position_ids` (the row's count of real tokens),
+exactly as HF `generate` does for a left-padded batch.
+
+- join: a sequence prefilled alone (its own cache, length L) is merged in by left-padding whichever side is
+  shorter to max(T, L) and concatenating rows;
+- leave: rows are selected away, then leading columns that are padding in every remaining row are cut, so T
+  follows the longest sequence still running.
+
+This touches transformers' `DynamicCache` layers through their public attributes `keys` / `values` (tensors
+[batch, kv_heads, seq, head_dim] in 5.24) and `lazy_initialization`; `DynamicLayer.update` concatenates, so a
+step never writes into a tensor taken before it, which is what lets `snapshot()` / `restore()` undo a step that
+failed half-way (out of memory in a late layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (torch's own convention)
+from transformers import DynamicCache
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def cache_tensors(cache: DynamicCache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def cache_from_tensors(config: Any, tensors: KV) -> DynamicCache:
+    """A DynamicCache holding `tensors` as they are (no copy)."""
+    cache = DynamicCache(config=config)
+    for layer, (keys, values) in zip(cache.layers, tensors, strict=True):
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+    return cache
+
+
+def _left_pad(tensor: torch.Tensor, columns: int) -> torch.Tensor:
+    """Pad dim -2 (sequence) of a [B, H, S, D] tensor with `columns` zero columns at the front."""
+    return F.pad(tensor, (0, 0, columns, 0)) if columns else tensor
+
+
+@dataclass
+class Snapshot:
+    tensors: KV
+    attention_mask: torch.Tensor
+
+
+class PaddedBatch:
+    """Rows of a left-padded KV cache plus their attention mask. Row order is the caller's list order."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.cache: DynamicCache | None = None
+        self.attention_mask: torch.Tensor | None = None  # long [B, T]
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.attention_mask is None else int(self.attention_mask.shape[0])
+
+    @property
+    def length(self) -> int:
+        return 0 if self.attention_mask is None else int(self.attention_mask.shape[1])
+
+    def join(self, caches: list[DynamicCache], lengths: list[int]) -> None:
+        """Append one row per prefilled single-sequence cache (each [1, H, L, D], no padding), in order."""
+        if not caches:
+            return
+        parts = ([cache_tensors(self.cache)] if self.cache is not None else []) + [cache_tensors(c) for c in caches]
+        device = parts[-1][0][0].device
+        masks = [self.attention_mask] if self.attention_mask is not None else []
+        masks += [torch.ones(1, n, dtype=torch.long, device=device) for n in lengths]
+        width = max(m.shape[1] for m in masks)
+        merged: KV = []
+        for layer in range(len(parts[0])):
+            keys = [_left_pad(p[layer][0], width - p[layer][0].shape[-2]) for p in parts]
+            values = [_left_pad(p[layer][1], width - p[layer][1].shape[-2]) for p in parts]
+            merged.append((torch.cat(keys, dim=0), torch.cat(values, dim=0)))
+        self.attention_mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in masks], dim=0)
+        self.cache = cache_from_tensors(self.config, merged)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (in that order); cut columns that became padding in every row."""
+        if self.cache is None or self.attention_mask is None:
+            return
+        if not rows:
+            self.clear()
+            return
+        if rows == list(range(self.rows)):
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.attention_mask.device)
+        mask = self.attention_mask.index_select(0, index)
+        real_columns = mask.any(dim=0).nonzero()
+        first = int(real_columns[0]) if real_columns.numel() else mask.shape[1]
+        tensors = [
+            (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+            for k, v in cache_tensors(self.cache)
+        ]
+        self.attention_mask = mask[:, first:]
+        self.cache = cache_from_tensors(self.config, tensors)
+
+    def extend_mask(self) -> torch.Tensor:
+        """The attention mask for a decode step (one new real column per row); becomes the batch's mask."""
+        assert self.attention_mask is not None
+        ones = torch.ones(self.rows, 1, dtype=self.attention_mask.dtype, device=self.attention_mask.device)
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
+        return self.attention_mask
+
+    def snapshot(self) -> Snapshot:
+        assert self.cache is not None
+        assert self.attention_mask is not None
+        return Snapshot(cache_tensors(self.cache), self.attention_mask)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        self.cache = cache_from_tensors(self.config, snapshot.tensors)
+        self.attention_mask = snapshot.attention_mask
+
+    def clear(self) -> None:
+        self.cache = None
+        self.attention_mask = None

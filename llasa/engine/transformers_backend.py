@@ -1,0 +1,470 @@
+"""The embedded engine: continuous batching over a Llasa `LlamaForCausalLM` in this process.
+
+One background thread owns the step loop. Each pass it
+1. drops cancelled sequences (queued or running),
+2. admits waiting sequences in FIFO order while the batch has fewer than `max_batch_sequences` rows and the
+   padded KV cache estimate stays within `kv_cache_bytes`: each is prefilled alone, its first token sampled, and
+   its cache merged into the batch (`PaddedBatch.join`),
+3. runs one decode step for every running sequence together and retires those that sampled the end token or hit
+   their length cap (`PaddedBatch.keep`), without stalling the others.
+The model comes from `model_lease()`, a context manager entered when the first sequence arrives and left when no
+sequence is running or waiting, so a GPU manager can hold the weights on the GPU exactly while there is work.
+
+Why a hand-written step loop rather than transformers' own continuous batching (`generate_batch`,
+`init_continuous_batching`, paged attention): measured on the 2-core CPU of the development machine with the
+tiny model and 200 new tokens per sequence (ENVIRONMENT.md), it gave 12 tokens/s for 1 sequence and 240 for 16,
+against 301 and 597 for a plain batched `generate`; its paged-attention scheduler also samples through the
+model's generation config and has no per-request generator, so per-sequence seeds and exact parameters would need
+its internals anyway. This loop is the plain batched `generate` path (SDPA, `DynamicCache`, left padding) with
+joins and leaves added, so it keeps that speed; `bench/bench_engine.py` measures it against one-after-another
+`generate`. Two more choices:
+- Logits are computed only for the speech window (`SpeechWindow`, the 65,539 ids holding the speech tokens and
+  the end token) instead of all 193,800: the same distribution under the speech-only mask, a third of the output
+  layer's work.
+- Sampling is per row (`llasa.engine.sampling`): each sequence has its own `torch.Generator` and parameters.
+
+Numerics and reproducibility: a sequence's logits depend on the batch it ran in. Padding columns are masked
+exactly, but the batched matrix products sum in a different order for a different batch shape, so logits can
+differ in the last bits and a sampled token can flip, after which the sequences diverge. What is guaranteed: a
+seeded sequence run alone gives the same codes every time (prefill alone, then batch-of-one steps); in a batch it
+gives well-formed codes from its own seed, not necessarily the same ones. A sequence requeued after an
+out-of-memory (below) recomputes its cache from its tokens, so it continues well-formed but may continue
+differently from an undisturbed run.
+
+Out of memory during a step (CUDA's `torch.OutOfMemoryError`, or one raised by the `step_hook` a test injects):
+the step is undone (the cache tensors from before it are kept), the batch is halved by requeueing the most
+recently admitted sequences at the head of the queue with their codes, sampler state and RNG intact (they are
+prefilled again from prompt + codes when re-admitted), and the step is retried. The halved limit holds until the
+engine goes idle. A sequence that runs out of memory alone ends with ERROR; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from llasa.engine.batch import PaddedBatch
+from llasa.engine.sampling import RowState, SpeechWindow, make_row_state, sample_next
+from llasa.engine.types import CodeStream, FinishReason, SamplingParams
+from llasa.errors import Busy, InvalidInput
+from llasa.prompt import SpeechTokenIds
+
+logger = logging.getLogger(__name__)
+
+#: Llasa was trained on 2048-token sequences: prompt + new tokens must fit.
+DEFAULT_CONTEXT_TOKENS = 2048
+
+ModelLease = Callable[[], contextlib.AbstractContextManager[Any]]
+#: step_hook(phase, rows): called before every forward ("prefill" with 1 row, "decode" with the batch's rows).
+StepHook = Callable[[str, int], None]
+
+
+@dataclass
+class _Sequence:
+    stream: CodeStream
+    prompt_ids: list[int]
+    max_new_tokens: int
+    seed: int
+    order: int
+    sampler: RowState | None = None
+    generated_ids: list[int] = field(default_factory=list)
+    """Token ids sampled so far (the end token is never stored: the sequence leaves when it comes)."""
+    cached_tokens: int = 0
+    """Real (non-padding) tokens of this sequence in the batch cache = position of its next input."""
+
+    @property
+    def next_input(self) -> int:
+        return self.generated_ids[-1]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    steps: int
+    """Decode steps run (each advances every running sequence by one token)."""
+    tokens: int
+    """Tokens sampled, first tokens after prefill included."""
+    batch_limit: int
+    """max_batch_sequences, or less after an out-of-memory shrink (until the engine goes idle)."""
+    oom_shrinks: int
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+class TransformersEngine:
+    """Continuous-batching generation backend over an in-process Llasa LM (`GenerationBackend`).
+
+    `model_lease()` returns a context manager yielding the `LlamaForCausalLM` (it may move between leases; it is
+    not used outside one). `token_ids` are the tokenizer's speech ids (`llasa.prompt.lookup_token_ids`).
+    `kv_cache_bytes` bounds the padded KV cache (rows x longest prompt + cap x bytes per token); None = no bound
+    but `max_batch_sequences`. The worker thread starts at the first submit.
+    """
+
+    def __init__(
+        self,
+        model_lease: ModelLease,
+        token_ids: SpeechTokenIds,
+        *,
+        max_batch_sequences: int = 16,
+        kv_cache_bytes: int | None = None,
+        context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+        step_hook: StepHook | None = None,
+        name: str = "llasa-engine",
+    ) -> None:
+        if max_batch_sequences < 1:
+            raise ValueError(f"max_batch_sequences is {max_batch_sequences}; it must be at least 1")
+        self.name = name
+        self.max_batch_sequences = max_batch_sequences
+        self.kv_cache_bytes = kv_cache_bytes
+        self.context_tokens = context_tokens
+        self._lease = model_lease
+        self._token_ids = token_ids
+        self._step_hook = step_hook
+        # Lock order: self._cond, then a stream's own lock (CodeStream calls cancel callbacks outside its lock).
+        self._cond = threading.Condition()
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._thread: threading.Thread | None = None
+        self._shutdown = False
+        self._next_id = 0
+        self._steps = 0
+        self._tokens = 0
+        self._oom_limit: int | None = None
+        self._oom_shrinks = 0
+
+    # --- public API ------------------------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> CodeStream:
+        params.validate()
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise InvalidInput("the prompt is empty")
+        room = self.context_tokens - len(ids)
+        if room < 1:
+            raise InvalidInput(
+                f"the prompt takes {len(ids)} tokens, the whole {self.context_tokens}-token context; "
+                "use a shorter reference or text"
+            )
+        seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
+        params = replace(params, seed=seed)
+        with self._cond:
+            if self._shutdown:
+                raise Busy(f"{self.name} is shut down; no new sequences are accepted")
+            self._next_id += 1
+            stream = CodeStream(self._next_id, params, len(ids))
+            seq = _Sequence(stream, ids, min(params.max_new_tokens, room), seed, self._next_id)
+            self._waiting.append(seq)
+            self._ensure_thread()
+            self._cond.notify_all()
+        stream.add_cancel_callback(self._wake)
+        return stream
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        with self._cond:
+            self._shutdown = True
+            self._cond.notify_all()
+            thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            return EngineStats(
+                running=len(self._running),
+                waiting=len(self._waiting),
+                steps=self._steps,
+                tokens=self._tokens,
+                batch_limit=self._batch_limit(),
+                oom_shrinks=self._oom_shrinks,
+            )
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    # --- worker ----------------------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def _batch_limit(self) -> int:
+        return min(self.max_batch_sequences, self._oom_limit or self.max_batch_sequences)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._shutdown:
+                    self._oom_limit = None  # idle: the next batch may grow to the full limit again
+                    self._cond.wait()
+                if self._shutdown:
+                    break
+            try:
+                with self._lease() as model, torch.inference_mode():
+                    self._serve(model)
+            except Exception as e:  # the lease itself failed (model unavailable, GPU busy...)
+                logger.exception("%s: could not get the model; failing the waiting sequences", self.name)
+                self._fail_all(e)
+        self._end_all(FinishReason.CANCELLED, None)
+
+    def _serve(self, model: Any) -> None:
+        """Run steps until nothing is running or waiting (or shutdown); the caller holds the model's lease."""
+        runner = _Runner(model, self._token_ids)
+        try:
+            while True:
+                with self._cond:
+                    if self._shutdown or (not self._waiting and not self._running):
+                        return
+                self._reap_cancelled(runner)
+                self._admit(runner)
+                if self._running:
+                    self._decode(runner)
+        except Exception as e:
+            logger.exception("%s: generation failed; failing the running sequences", self.name)
+            self._end_running(runner, FinishReason.ERROR, e)
+        finally:
+            if self._running:  # shutdown while running
+                self._end_running(runner, FinishReason.CANCELLED, None)
+            runner.batch.clear()
+
+    def _reap_cancelled(self, runner: _Runner) -> None:
+        with self._cond:
+            cancelled = [s for s in self._waiting if s.stream.cancel_requested]
+            for seq in cancelled:
+                self._waiting.remove(seq)
+        for seq in cancelled:
+            seq.stream.finish(FinishReason.CANCELLED)
+        gone = [i for i, s in enumerate(self._running) if s.stream.cancel_requested]
+        if gone:
+            for i in gone:
+                self._running[i].stream.finish(FinishReason.CANCELLED)
+            self._drop_rows(runner, set(gone))
+
+    def _drop_rows(self, runner: _Runner, rows: set[int]) -> None:
+        keep = [i for i in range(len(self._running)) if i not in rows]
+        runner.batch.keep(keep)
+        with self._cond:
+            self._running = [self._running[i] for i in keep]
+
+    def _take_admissible(self, runner: _Runner) -> list[_Sequence]:
+        """Pop the waiting sequences that may join now (FIFO: the first that does not fit stops admission)."""
+        taken: list[_Sequence] = []
+        with self._cond:
+            while self._waiting and len(self._running) + len(taken) < self._batch_limit():
+                seq = self._waiting[0]
+                if self._running or taken:
+                    group = self._running + taken + [seq]
+                    if not runner.fits(group, self.kv_cache_bytes):
+                        break
+                taken.append(self._waiting.popleft())
+        return taken
+
+    def _admit(self, runner: _Runner) -> None:
+        taken = self._take_admissible(runner)
+        joined: list[_Sequence] = []
+        caches, lengths = [], []
+        for index, seq in enumerate(taken):
+            try:
+                self._hook("prefill", 1)
+                cache, first = runner.prefill(seq)
+            except Exception as e:
+                if not _is_oom(e) or not (self._running or joined):
+                    seq.stream.finish(FinishReason.ERROR, e)  # fails alone: it cannot run at all
+                    logger.warning("%s: sequence %d failed in prefill: %s", self.name, seq.order, e)
+                    continue
+                self._requeue(taken[index:])
+                self._note_oom(len(self._running) + len(joined), e)
+                break
+            if first is not None and not self._record_token(seq, first, runner.window):
+                continue  # finished at its first token
+            joined.append(seq)
+            caches.append(cache)
+            lengths.append(seq.cached_tokens)
+        if joined:
+            runner.batch.join(caches, lengths)
+            with self._cond:
+                self._running.extend(joined)
+
+    def _decode(self, runner: _Runner) -> None:
+        rows = len(self._running)
+        snapshot = runner.batch.snapshot()
+        try:
+            self._hook("decode", rows)
+            indices = runner.decode_step(self._running)
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            runner.batch.restore(snapshot)
+            self._shrink_after_oom(runner, e)
+            return
+        with self._cond:
+            self._steps += 1
+        pairs = zip(self._running, indices, strict=True)
+        done = {i for i, (seq, index) in enumerate(pairs) if not self._record(seq, index, runner.window)}
+        if done:
+            self._drop_rows(runner, done)
+
+    def _record(self, seq: _Sequence, index: int, window: SpeechWindow) -> bool:
+        seq.cached_tokens += 1  # its input token of this step is in the cache now
+        return self._record_token(seq, index, window)
+
+    def _record_token(self, seq: _Sequence, index: int, window: SpeechWindow) -> bool:
+        """Take a sampled window index; False when the sequence finished with it."""
+        with self._cond:
+            self._tokens += 1
+        if index == window.end_index:
+            seq.stream.finish(FinishReason.END_TOKEN)
+            return False
+        seq.generated_ids.append(window.start + index)
+        seq.stream.push([index - window.first_code_index])
+        if len(seq.generated_ids) >= seq.max_new_tokens:
+            seq.stream.finish(FinishReason.LENGTH)
+            return False
+        return True
+
+    def _hook(self, phase: str, rows: int) -> None:
+        if self._step_hook is not None:
+            self._step_hook(phase, rows)
+
+    # --- out of memory ---------------------------------------------------------------------------------------
+
+    def _note_oom(self, rows: int, error: BaseException) -> None:
+        with self._cond:
+            self._oom_limit = max(1, rows)
+            self._oom_shrinks += 1
+        logger.warning("%s: out of memory (%s); batch limited to %d sequences until idle", self.name, error, rows)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _requeue(self, seqs: list[_Sequence]) -> None:
+        """Put sequences back at the head of the queue, oldest first, with their state intact."""
+        with self._cond:
+            for seq in sorted(seqs, key=lambda s: s.order, reverse=True):
+                self._waiting.appendleft(seq)
+
+    def _shrink_after_oom(self, runner: _Runner, error: BaseException) -> None:
+        rows = len(self._running)
+        if rows == 1:
+            seq = self._running[0]
+            seq.stream.finish(FinishReason.ERROR, error)
+            self._drop_rows(runner, {0})
+            logger.warning("%s: sequence %d ran out of memory alone: %s", self.name, seq.order, error)
+            return
+        keep_rows = max(1, rows // 2)
+        newest_first = sorted(range(rows), key=lambda i: self._running[i].order, reverse=True)
+        evicted = set(newest_first[: rows - keep_rows])
+        evicted_seqs = [self._running[i] for i in evicted]
+        for seq in evicted_seqs:
+            seq.cached_tokens = 0  # its cache rows are dropped; re-admission prefills prompt + codes again
+        self._drop_rows(runner, evicted)
+        self._requeue(evicted_seqs)
+        self._note_oom(keep_rows, error)
+
+    # --- endings ---------------------------------------------------------------------------------------------
+
+    def _end_running(self, runner: _Runner, reason: FinishReason, error: BaseException | None) -> None:
+        for seq in self._running:
+            seq.stream.finish(reason, error)
+        with self._cond:
+            self._running = []
+        runner.batch.clear()
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), deque()
+        for seq in waiting:
+            seq.stream.finish(FinishReason.ERROR, error)
+
+    def _end_all(self, reason: FinishReason, error: BaseException | None) -> None:
+        with self._cond:
+            pending = list(self._waiting) + self._running
+            self._waiting, self._running = deque(), []
+        for seq in pending:
+            seq.stream.finish(reason, error)
+
+
+class _Runner:
+    """The model side of one lease: forward passes, the speech window's output rows, the padded batch."""
+
+    def __init__(self, model: Any, token_ids: SpeechTokenIds) -> None:
+        self.model = model
+        self.decoder = model.get_decoder()
+        head = model.get_output_embeddings()
+        self.window = SpeechWindow.for_ids(token_ids, int(head.weight.shape[0]))
+        # A view, not a copy: the window's rows of the output layer.
+        self.head_weight = head.weight[self.window.start : self.window.stop]
+        bias = getattr(head, "bias", None)
+        self.head_bias = bias[self.window.start : self.window.stop] if bias is not None else None
+        self.device = head.weight.device
+        self.mask = self.window.mask.to(self.device)
+        self.batch = PaddedBatch(model.config)
+        config = model.config.get_text_config(decoder=True)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.kv_bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * head.weight.element_size()
+
+    def fits(self, group: list[_Sequence], budget: int | None) -> bool:
+        """Whether the padded cache of `group` (rows x longest prompt + cap) stays within `budget` bytes."""
+        if budget is None:
+            return True
+        longest = max(len(s.prompt_ids) + s.max_new_tokens for s in group)
+        return len(group) * longest * self.kv_bytes_per_token <= budget
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = torch.nn.functional.linear(hidden, self.head_weight, self.head_bias)
+        return logits.float()
+
+    def prefill(self, seq: _Sequence) -> tuple[Any, int | None]:
+        """Prefill one sequence alone. A new one gets its sampler and first token (window index); a requeued one
+        (codes already sampled) is prefilled through all but its last code, which is its next input: None."""
+        from transformers import DynamicCache
+
+        resumed = bool(seq.generated_ids)
+        ids = seq.prompt_ids + seq.generated_ids[:-1]
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        cache = DynamicCache(config=self.model.config)
+        out = self.decoder(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            position_ids=torch.arange(len(ids), device=self.device)[None],
+            cache=cache,
+            use_cache=True,
+        )
+        seq.cached_tokens = len(ids)
+        if resumed:
+            return cache, None
+        if seq.sampler is None:
+            seq.sampler = make_row_state(seq.stream.params, seq.seed, seq.prompt_ids, self.window, self.device)
+        logits = self._logits(out.last_hidden_state[:, -1])
+        return cache, sample_next(logits, [seq.sampler], self.mask)[0]
+
+    def decode_step(self, running: list[_Sequence]) -> list[int]:
+        """One token for every running sequence (row order = `running`); returns sampled window indices."""
+        input_ids = torch.tensor([[s.next_input] for s in running], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[s.cached_tokens] for s in running], dtype=torch.long, device=self.device)
+        attention_mask = self.batch.extend_mask()
+        out = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=self.batch.cache,
+            use_cache=True,
+        )
+        logits = self._logits(out.last_hidden_state[:, -1])
+        return sample_next(logits, [s.sampler for s in running], self.mask)  # type: ignore[misc]
