@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -360,6 +361,28 @@ def test_cancel_while_queued_and_while_generating(make_engine, prompts) -> None:
     assert a.finish_reason is FinishReason.CANCELLED
 
 
+def test_admission_is_bounded_by_batch_size_and_kv_memory(make_engine, llasa_parts, prompts) -> None:
+    rows_seen: list[int] = []
+
+    def hook(phase: str, rows: int) -> None:
+        if phase == "decode":
+            rows_seen.append(rows)
+
+    engine = make_engine(max_batch_sequences=3, step_hook=hook)
+    streams = [engine.submit(prompts[i % 4], SamplingParams(seed=i, max_new_tokens=20)) for i in range(7)]
+    assert all(s.wait() is FinishReason.LENGTH for s in streams)
+    assert max(rows_seen) == 3
+
+    config = llasa_parts[0].config
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # fp32 K and V
+    longest = max(len(p) for p in prompts) + 20
+    rows_seen.clear()
+    budget = make_engine(max_batch_sequences=8, kv_cache_bytes=2 * longest * per_token, step_hook=hook)
+    streams = [budget.submit(prompts[i % 4], SamplingParams(seed=i, max_new_tokens=20)) for i in range(6)]
+    assert all(s.wait() is FinishReason.LENGTH for s in streams)
+    assert max(rows_seen) == 2  # the cap would allow 8; the KV estimate allows two of these at a time
+
+
 # --- out of memory ----------------------------------------------------------------------------------------------
 
 
@@ -438,6 +461,22 @@ def test_the_model_is_leased_while_there_is_work_and_released_when_idle(make_eng
     assert 1 <= first_round <= 4
     run_alone(engine, prompts[0], SamplingParams(seed=9, max_new_tokens=3))
     wait_until(lambda: lease.exited == lease.entered == first_round + 1, "a second lease, given back")
+
+
+def test_no_kv_cache_outlives_the_work(make_engine, prompts) -> None:
+    from transformers import DynamicCache
+
+    engine = make_engine()
+    streams = [engine.submit(prompts[i % 4], SamplingParams(seed=i, max_new_tokens=10)) for i in range(3)]
+    for stream in streams:
+        stream.wait()
+    wait_until(lambda: engine.stats().running == 0, "the engine to go idle")
+
+    def live_caches() -> int:
+        gc.collect()
+        return sum(type(o) is DynamicCache for o in gc.get_objects())
+
+    wait_until(lambda: live_caches() == 0, "the batch's KV cache to be freed")
 
 
 def test_a_failing_lease_fails_the_waiting_sequences(make_engine, prompts) -> None:

@@ -88,8 +88,13 @@ class RowState:
 def make_row_state(
     params: SamplingParams, seed: int, prompt_ids: Sequence[int], window: SpeechWindow, device: torch.device
 ) -> RowState:
-    """A fresh sampling state: its own generator seeded with `seed`, the prompt's tokens marked as seen."""
-    generator = torch.Generator(device=device)
+    """A fresh sampling state: its own generator seeded with `seed`, the prompt's tokens marked as seen.
+
+    The generator lives on the CPU whatever the model's device: the draws are made from a CPU copy of the
+    candidates' probabilities (one device-to-host copy per step for the whole batch instead of a synchronising
+    `.item()` per row), and a seed then means the same thing on every device.
+    """
+    generator = torch.Generator(device="cpu")
     generator.manual_seed(int(seed))
     state = RowState(params=params, generator=generator)
     if params.repetition_penalty != 1.0:
@@ -141,9 +146,10 @@ def _sample_top_k_rows(scores: torch.Tensor, rows: list[RowState], picked: list[
         remove = _top_p_remove(values.flip(-1), top_p).flip(-1)
         remove &= top_p < 1  # rows with top_p 1.0 skip the warper, as in HF
         values = values.masked_fill(remove, float("-inf"))
-    probs = values.softmax(dim=-1)
+    probs = values.softmax(dim=-1).cpu()
+    indices = indices.cpu()
     for slot, i in enumerate(picked):
-        choice = int(torch.multinomial(probs[slot], 1, generator=rows[i].generator).item())
+        choice = int(torch.multinomial(probs[slot], 1, generator=rows[i].generator))
         out[i] = int(indices[slot, choice])
 
 
@@ -156,9 +162,9 @@ def _sample_full_rows(scores: torch.Tensor, rows: list[RowState], picked: list[i
         sorted_logits, sorted_indices = torch.sort(sub, descending=False)
         remove_sorted = _top_p_remove(sorted_logits, top_p) & (top_p < 1)
         sub = sub.masked_fill(remove_sorted.scatter(1, sorted_indices, remove_sorted), float("-inf"))
-    probs = sub.softmax(dim=-1)
+    probs = sub.softmax(dim=-1).cpu()
     for slot, i in enumerate(picked):
-        out[i] = int(torch.multinomial(probs[slot], 1, generator=rows[i].generator).item())
+        out[i] = int(torch.multinomial(probs[slot], 1, generator=rows[i].generator))
 
 
 def sample_next(logits: torch.Tensor, rows: list[RowState], mask: torch.Tensor) -> list[int]:

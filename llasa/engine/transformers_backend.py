@@ -208,20 +208,29 @@ class TransformersEngine:
         return min(self.max_batch_sequences, self._oom_limit or self.max_batch_sequences)
 
     def _run(self) -> None:
-        while True:
+        reason, error = FinishReason.CANCELLED, None
+        try:
+            while True:
+                with self._cond:
+                    while not self._waiting and not self._shutdown:
+                        self._oom_limit = None  # idle: the next batch may grow to the full limit again
+                        self._cond.wait()
+                    if self._shutdown:
+                        break
+                try:
+                    with self._lease() as model, torch.inference_mode():
+                        self._serve(model)
+                except Exception as e:  # the lease itself failed (model unavailable, GPU busy...)
+                    logger.exception("%s: could not get the model; failing the waiting sequences", self.name)
+                    self._fail_all(e)
+        except BaseException as e:  # a bug in the loop: refuse new work rather than let submitters hang
+            logger.exception("%s: the engine thread failed", self.name)
+            reason, error = FinishReason.ERROR, e
+            raise
+        finally:
             with self._cond:
-                while not self._waiting and not self._shutdown:
-                    self._oom_limit = None  # idle: the next batch may grow to the full limit again
-                    self._cond.wait()
-                if self._shutdown:
-                    break
-            try:
-                with self._lease() as model, torch.inference_mode():
-                    self._serve(model)
-            except Exception as e:  # the lease itself failed (model unavailable, GPU busy...)
-                logger.exception("%s: could not get the model; failing the waiting sequences", self.name)
-                self._fail_all(e)
-        self._end_all(FinishReason.CANCELLED, None)
+                self._shutdown = True
+            self._end_all(reason, error)
 
     def _serve(self, model: Any) -> None:
         """Run steps until nothing is running or waiting (or shutdown); the caller holds the model's lease."""
