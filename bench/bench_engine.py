@@ -18,6 +18,9 @@ Part 2, streaming: one sequence of `--stream-codes` codes (500 = a 10 s chunk) t
 Part 3 (`--snr-grid`): SNR of streamed audio against a one-shot decode of the same codes, on the tiny codec, over
 context and look-ahead (the measurement the streaming defaults were chosen by).
 
+Part 4 (`--hf-continuous-batching`): transformers' own `generate_batch` on the same prompts, for the choice
+recorded in `llasa/engine/transformers_backend.py`.
+
 `--llasa-8b-shape` builds `LlamaForCausalLM` with Llasa-8B's exact config (hidden 4096, 32 layers, 32 heads,
 8 KV heads, intermediate 14336, vocabulary 193,800, rope theta 500000) with random bf16 weights, and the token ids
 of the real Llasa tokenizer layout; the baseline is then HF `generate` with the speech-only mask (the body of
@@ -284,6 +287,27 @@ def snr_grid(subject: Subject) -> None:
         print(f"bound: one-shot decode of the first {n} codes vs of all 500, on codes 0..{n - 5}: {limit:.1f} dB")
 
 
+def hf_continuous_batching(models: Path, subject: Subject, args: argparse.Namespace) -> None:
+    """transformers' own continuous batching (`generate_batch`, paged attention) on the same prompts: the
+    alternative the engine's docstring weighs. It takes no per-request seed or logits mask, so this measures
+    speed only (no speech mask: every token may be sampled, the end token stops)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(models / "llasa", attn_implementation="sdpa").eval()
+    end = subject.token_ids.speech_end_id
+    config = GenerationConfig(
+        do_sample=True, temperature=0.8, top_k=50, max_new_tokens=args.new_tokens, eos_token_id=end, pad_token_id=end
+    )
+    print("\ntransformers generate_batch (continuous batching, paged cache), same prompts:")
+    for n in (1, max(args.concurrency)):
+        prompts = [subject.prompts[i % len(subject.prompts)] for i in range(n)]
+        started = time.perf_counter()
+        out = model.generate_batch(prompts, generation_config=config, progress_bar=False)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(o.generated_tokens) for o in out.values())
+        print(f"  N={n:3d}: {tokens / seconds:8.1f} tok/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, help="folder with llasa/ and xcodec2/ (default: the tiny ones)")
@@ -297,6 +321,12 @@ def main() -> None:
     parser.add_argument("--stream-codes", type=int, default=500)
     parser.add_argument("--stream-concurrency", type=lambda s: [int(x) for x in s.split(",")], default=None)
     parser.add_argument("--snr-grid", action="store_true")
+    parser.add_argument("--hf-continuous-batching", action="store_true", help="also time transformers' generate_batch")
+    parser.add_argument(
+        "--attn-implementation",
+        help="e.g. sdpa (default), eager, flex_attention: on a GPU, SDPA with a padding mask expands the 8 KV heads "
+        "to 32 every step (transformers' repeat_kv), so the batched decode may prefer another kernel",
+    )
     args = parser.parse_args()
     gpu = args.device == "cuda"
     args.concurrency = args.concurrency or ([1, 8, 32, 64] if gpu else [1, 4, 8, 16])
@@ -309,6 +339,8 @@ def main() -> None:
 
     device = "cuda:0" if gpu else "cpu"
     subject = _llasa_8b_subject(device) if args.llasa_8b_shape else _tiny_subject(args.models or _tiny_models(), device)
+    if args.attn_implementation:
+        subject.model.set_attn_implementation(args.attn_implementation)
     engine = TransformersEngine(
         lambda: contextlib.nullcontext(subject.model), subject.token_ids, max_batch_sequences=args.max_batch_sequences
     )
@@ -318,7 +350,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {gpu_name}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}, OMP threads {torch.get_num_threads()}, "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"load average {os.getloadavg()[0]:.2f}, attention {subject.model.config._attn_implementation}"
     )
     _engine_run(engine, subject, 2, 8, 99)  # warm-up: the first forward allocates
     subject.baseline(subject.prompts[0], 0, 8)
@@ -343,6 +375,8 @@ def main() -> None:
         print("\nstreaming: skipped (no codec with --llasa-8b-shape; time to first codes is in the table above)")
     if args.snr_grid and subject.codec is not None:
         snr_grid(subject)
+    if args.hf_continuous_batching and not args.llasa_8b_shape:
+        hf_continuous_batching(args.models or _tiny_models(), subject, args)
     engine.shutdown()
     threading.enumerate()  # the engine's thread is joined by shutdown()
 
