@@ -520,3 +520,24 @@ def test_streams_block_until_codes_arrive_and_end_with_a_reason() -> None:
     assert stream.wait() is FinishReason.END_TOKEN
     with pytest.raises(RuntimeError):
         stream.push([4])
+
+
+def test_a_growing_cache_layer_writes_in_place_and_keeps_earlier_views() -> None:
+    from llasa.engine.batch import SPARE_COLUMNS, GrowingLayer
+
+    layer = GrowingLayer()
+    first = torch.randn(2, 3, 5, 4)
+    layer.adopt(first, first.clone())
+    before = layer.keys  # what a snapshot holds
+    steps = [torch.randn(2, 3, 1, 4) for _ in range(SPARE_COLUMNS + 2)]
+    layer.update(steps[0], steps[0])
+    buffer = layer.key_buffer
+    for step in steps[1:SPARE_COLUMNS]:
+        layer.update(step, step)
+    assert layer.key_buffer is buffer  # room to spare: no reallocation, no copy of the cache
+    for step in steps[SPARE_COLUMNS:]:
+        layer.update(step, step)
+    assert layer.key_buffer is not buffer  # out of room: grown once
+    torch.testing.assert_close(layer.keys, torch.cat([first, *steps], dim=2))
+    torch.testing.assert_close(before, first)  # the snapshot's view is untouched by the in-place writes
+    assert layer.get_seq_length() == 5 + len(steps)
