@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from llasa import prompt
+from llasa.engine.batch import SPARE_COLUMNS
 from llasa.engine.sampling import SpeechWindow
 from llasa.engine.transformers_backend import TransformersEngine
 from llasa.engine.types import CodeStream, FinishReason, SamplingParams
@@ -375,7 +376,7 @@ def test_admission_is_bounded_by_batch_size_and_kv_memory(make_engine, llasa_par
 
     config = llasa_parts[0].config
     per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # fp32 K and V
-    longest = max(len(p) for p in prompts) + 20
+    longest = max(len(p) for p in prompts) + 20 + SPARE_COLUMNS
     rows_seen.clear()
     budget = make_engine(max_batch_sequences=8, kv_cache_bytes=2 * longest * per_token, step_hook=hook)
     streams = [budget.submit(prompts[i % 4], SamplingParams(seed=i, max_new_tokens=20)) for i in range(6)]
@@ -523,7 +524,7 @@ def test_streams_block_until_codes_arrive_and_end_with_a_reason() -> None:
 
 
 def test_a_growing_cache_layer_writes_in_place_and_keeps_earlier_views() -> None:
-    from llasa.engine.batch import SPARE_COLUMNS, GrowingLayer
+    from llasa.engine.batch import GrowingLayer
 
     layer = GrowingLayer()
     first = torch.randn(2, 3, 5, 4)

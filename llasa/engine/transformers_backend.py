@@ -11,23 +11,30 @@ The model comes from `model_lease()`, a context manager entered when the first s
 sequence is running or waiting, so a GPU manager can hold the weights on the GPU exactly while there is work.
 
 Why a hand-written step loop rather than transformers' own continuous batching (`generate_batch`,
-`init_continuous_batching`, paged attention): measured on the 2-core CPU of the development machine with the
-tiny model and 200 new tokens per sequence (ENVIRONMENT.md), it gave 12 tokens/s for 1 sequence and 240 for 16,
-against 301 and 597 for a plain batched `generate`; its paged-attention scheduler also samples through the
-model's generation config and has no per-request generator, so per-sequence seeds and exact parameters would need
-its internals anyway. This loop is the plain batched `generate` path (SDPA, `DynamicCache`, left padding) with
-joins and leaves added, so it keeps that speed; `bench/bench_engine.py` measures it against one-after-another
-`generate`. Two more choices:
+`init_continuous_batching`, paged attention): measured on the 2-core CPU of the development machine on the same
+prompts (`bench/bench_engine.py --hf-continuous-batching`, bench/RESULTS.md), `generate_batch` gave 5-8 tokens/s
+for 1 sequence and 67-138 for 16, against 308-602 and 976-2176 for this loop (ENVIRONMENT.md had found the same gap
+against a plain batched `generate`); it also samples through one generation config for the whole batch, with no
+per-request generator or logits mask, so per-sequence seeds and the speech-only mask would need its internals
+anyway. This loop is HF `generate`'s left-padded batched path (SDPA, a `DynamicCache`) with joins and leaves
+added. Three more choices:
 - Logits are computed only for the speech window (`SpeechWindow`, the 65,539 ids holding the speech tokens and
   the end token) instead of all 193,800: the same distribution under the speech-only mask, a third of the output
   layer's work.
-- Sampling is per row (`llasa.engine.sampling`): each sequence has its own `torch.Generator` and parameters.
+- Sampling is per row (`llasa.engine.sampling`): each sequence has its own CPU `torch.Generator` and parameters.
+- The batch cache grows in place (`batch.GrowingLayer`) instead of being concatenated (copied) at every step.
+Not done yet, for the GPU: new sequences are prefilled one at a time (a burst of arrivals pays one prefill each
+before the next decode step); and with a padding mask transformers' SDPA path expands the KV heads to the query
+heads at every step (`repeat_kv`; 8 -> 32 on Llasa-8B), which a paged or varlen attention kernel would avoid.
+`bench_engine.py --device cuda --llasa-8b-shape [--attn-implementation ...]` is there to measure both.
 
 Numerics and reproducibility: a sequence's logits depend on the batch it ran in. Padding columns are masked
 exactly, but the batched matrix products sum in a different order for a different batch shape, so logits can
 differ in the last bits and a sampled token can flip, after which the sequences diverge. What is guaranteed: a
 seeded sequence run alone gives the same codes every time (prefill alone, then batch-of-one steps); in a batch it
-gives well-formed codes from its own seed, not necessarily the same ones. A sequence requeued after an
+gives well-formed codes from its own seed, not necessarily the same ones. The codes of a seed are also not the
+ones `LlasaModel.generate_codes` (HF `generate`) gives for it: same distribution, draws made differently (see
+`llasa.engine.sampling`). A sequence requeued after an
 out-of-memory (below) recomputes its cache from its tokens, so it continues well-formed but may continue
 differently from an undisturbed run.
 
@@ -51,7 +58,7 @@ from typing import Any
 
 import torch
 
-from llasa.engine.batch import PaddedBatch
+from llasa.engine.batch import SPARE_COLUMNS, PaddedBatch
 from llasa.engine.sampling import RowState, SpeechWindow, make_row_state, sample_next
 from llasa.engine.types import CodeStream, FinishReason, SamplingParams
 from llasa.errors import Busy, InvalidInput
@@ -107,8 +114,10 @@ class TransformersEngine:
 
     `model_lease()` returns a context manager yielding the `LlamaForCausalLM` (it may move between leases; it is
     not used outside one). `token_ids` are the tokenizer's speech ids (`llasa.prompt.lookup_token_ids`).
-    `kv_cache_bytes` bounds the padded KV cache (rows x longest prompt + cap x bytes per token); None = no bound
-    but `max_batch_sequences`. The worker thread starts at the first submit.
+    `kv_cache_bytes` bounds the padded KV cache (rows x (longest prompt + cap + 128 spare) x bytes per token);
+    None = no bound but `max_batch_sequences`. `context_tokens` caps prompt + new tokens (Llasa: 2048).
+    `step_hook(phase, rows)` runs before every forward (tests inject out-of-memory errors there). The worker
+    thread starts at the first submit; `shutdown()` ends it.
     """
 
     def __init__(
@@ -429,10 +438,12 @@ class _Runner:
         self.kv_bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * head.weight.element_size()
 
     def fits(self, group: list[_Sequence], budget: int | None) -> bool:
-        """Whether the padded cache of `group` (rows x longest prompt + cap) stays within `budget` bytes."""
+        """Whether the padded cache of `group` (rows x (longest prompt + cap + the spare columns a growing
+        layer reserves)) stays within `budget` bytes. An estimate: a join or leave briefly holds the old and the
+        new cache together."""
         if budget is None:
             return True
-        longest = max(len(s.prompt_ids) + s.max_new_tokens for s in group)
+        longest = max(len(s.prompt_ids) + s.max_new_tokens for s in group) + SPARE_COLUMNS
         return len(group) * longest * self.kv_bytes_per_token <= budget
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
