@@ -480,6 +480,29 @@ def test_no_kv_cache_outlives_the_work(make_engine, prompts) -> None:
     wait_until(lambda: live_caches() == 0, "the batch's KV cache to be freed")
 
 
+def test_a_queued_sequence_is_cancelled_while_the_model_is_not_yet_leased(make_engine, llasa_parts, prompts) -> None:
+    # A GPU manager may make the engine wait for the model (another service holds the card); a client that hangs
+    # up meanwhile must not wait for that.
+    granted = threading.Event()
+    lease = CountingLease(llasa_parts[0])
+
+    @contextlib.contextmanager
+    def slow_lease() -> Iterator[Any]:
+        granted.wait()
+        with lease() as model:
+            yield model
+
+    engine = make_engine(lease=slow_lease)
+    gone = engine.submit(prompts[0], SamplingParams(seed=1, max_new_tokens=5))
+    kept = engine.submit(prompts[1], SamplingParams(seed=2, max_new_tokens=5))
+    gone.cancel()
+    assert gone.wait() is FinishReason.CANCELLED
+    assert lease.entered == 0  # ended before the model was ever leased
+    granted.set()
+    assert kept.wait() is FinishReason.LENGTH
+    assert len(kept.codes) == 5
+
+
 def test_a_failing_lease_fails_the_waiting_sequences(make_engine, prompts) -> None:
     @contextlib.contextmanager
     def broken() -> Iterator[Any]:

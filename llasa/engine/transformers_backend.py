@@ -176,7 +176,7 @@ class TransformersEngine:
             self._waiting.append(seq)
             self._ensure_thread()
             self._cond.notify_all()
-        stream.add_cancel_callback(self._wake)
+        stream.add_cancel_callback(lambda: self._cancel_queued(seq))
         return stream
 
     def shutdown(self, *, wait: bool = True) -> None:
@@ -204,9 +204,16 @@ class TransformersEngine:
 
     # --- worker ----------------------------------------------------------------------------------------------
 
-    def _wake(self) -> None:
+    def _cancel_queued(self, seq: _Sequence) -> None:
+        """cancel() of a stream: a queued sequence ends at once (even while the worker waits for the model's
+        lease); a running one is dropped by the worker at its next step."""
         with self._cond:
+            queued = seq in self._waiting
+            if queued:
+                self._waiting.remove(seq)
             self._cond.notify_all()
+        if queued:
+            seq.stream.finish(FinishReason.CANCELLED)
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
