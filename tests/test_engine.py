@@ -317,6 +317,51 @@ def test_sixteen_concurrent_submitters_each_get_their_own_codes(make_engine, pro
     assert engine.stats().steps < sum(20 + i for i in range(16)) // 2  # they ran together, not one by one
 
 
+def test_concurrent_clients_mixing_reads_cancels_and_hang_ups_lose_nothing(make_engine, prompts) -> None:
+    # 16 clients: a third cancel after a few codes, a third never read (they only wait), the rest read every code.
+    engine = make_engine(max_batch_sequences=6)
+    outcome: dict[int, tuple[str, list[int], FinishReason | None]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def client(i: int) -> None:
+        try:
+            start.wait()
+            # the cancelling clients' caps are out of reach, so a slow reader thread cannot see them finish first
+            cap = 5000 if i % 3 == 0 else 40
+            stream = engine.submit(prompts[i % 4], SamplingParams(seed=500 + i, max_new_tokens=cap))
+            if i % 3 == 0:
+                read = []
+                for code in stream:
+                    read.append(code)
+                    if len(read) == 3 + i % 5:
+                        stream.cancel()
+                stream.wait()
+                outcome[i] = ("cancel", read, stream.finish_reason)
+            elif i % 3 == 1:
+                stream.wait()
+                outcome[i] = ("wait", stream.codes, stream.finish_reason)
+            else:
+                outcome[i] = ("read", list(stream), stream.finish_reason)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(outcome) == list(range(16))
+    for i, (kind, codes, reason) in outcome.items():
+        if kind == "cancel":
+            assert reason is FinishReason.CANCELLED, i
+            assert 3 + i % 5 <= len(codes) < 5000
+        else:
+            assert (reason, len(codes)) == (FinishReason.LENGTH, 40), i
+    wait_until(lambda: engine.stats().running == engine.stats().waiting == 0, "the engine to drain")
+
+
 def test_batched_runs_are_well_formed_and_each_reproducible_alone(make_engine, prompts) -> None:
     engine = make_engine(max_batch_sequences=8)
     params = [SamplingParams(seed=40 + i, max_new_tokens=30) for i in range(6)]
@@ -331,22 +376,23 @@ def test_batched_runs_are_well_formed_and_each_reproducible_alone(make_engine, p
 
 def test_a_sequence_joins_a_running_batch_mid_run(make_engine, prompts) -> None:
     engine = make_engine()
-    long = engine.submit(prompts[1], SamplingParams(seed=1, max_new_tokens=200))
+    # The long one's cap is out of reach (it is cancelled at the end), so a slow test thread cannot miss the overlap.
+    long = engine.submit(prompts[1], SamplingParams(seed=1, max_new_tokens=5000))
     wait_until(lambda: len(long.codes) >= 10, "the first sequence to get going")
     short = engine.submit(prompts[3], SamplingParams(seed=2, max_new_tokens=20))
     assert short.wait() is FinishReason.LENGTH
-    assert not long.finished  # the short one finished inside the long one's run
-    assert long.wait() is FinishReason.LENGTH
-    assert len(long.codes) == 200
     assert len(short.codes) == 20
+    assert not long.finished  # the short one finished inside the long one's run
+    long.cancel()
+    assert long.wait() is FinishReason.CANCELLED
     # One decode step advances both: the total is the long one's steps, not the sum.
-    assert engine.stats().steps < 199 + 19
+    assert engine.stats().steps < len(long.codes) + 19
 
 
 def test_cancel_while_queued_and_while_generating(make_engine, prompts) -> None:
     engine = make_engine(max_batch_sequences=2)
-    a = engine.submit(prompts[0], SamplingParams(seed=1, max_new_tokens=400))
-    b = engine.submit(prompts[1], SamplingParams(seed=2, max_new_tokens=400))
+    a = engine.submit(prompts[0], SamplingParams(seed=1, max_new_tokens=5000))  # cancelled long before its cap
+    b = engine.submit(prompts[1], SamplingParams(seed=2, max_new_tokens=1000))
     queued = engine.submit(prompts[2], SamplingParams(seed=3, max_new_tokens=400))
     wait_until(lambda: len(a.codes) >= 5 and len(b.codes) >= 5, "two sequences to run")
     assert engine.stats().waiting == 1
@@ -355,9 +401,9 @@ def test_cancel_while_queued_and_while_generating(make_engine, prompts) -> None:
     assert queued.codes == []
     a.cancel()
     assert a.wait() is FinishReason.CANCELLED
-    assert 5 <= len(a.codes) < 400
+    assert 5 <= len(a.codes) < 5000
     assert b.wait() is FinishReason.LENGTH  # the other one runs on
-    assert len(b.codes) == 400
+    assert len(b.codes) == 1000
     a.cancel()  # again, after the end: nothing happens
     assert a.finish_reason is FinishReason.CANCELLED
 
@@ -517,8 +563,8 @@ def test_a_failing_lease_fails_the_waiting_sequences(make_engine, prompts) -> No
 
 def test_shutdown_cancels_what_is_left_and_joins_the_thread(make_engine, prompts) -> None:
     engine = make_engine(max_batch_sequences=1)
-    running = engine.submit(prompts[0], SamplingParams(seed=1, max_new_tokens=1000))
-    queued = engine.submit(prompts[1], SamplingParams(seed=2, max_new_tokens=1000))
+    running = engine.submit(prompts[0], SamplingParams(seed=1, max_new_tokens=5000))
+    queued = engine.submit(prompts[1], SamplingParams(seed=2, max_new_tokens=5000))
     wait_until(lambda: len(running.codes) >= 3, "the first sequence to start")
     engine.shutdown()
     assert engine.thread is not None
