@@ -24,7 +24,8 @@ recorded in `llasa/engine/transformers_backend.py`.
 `--llasa-8b-shape` builds `LlamaForCausalLM` with Llasa-8B's exact config (hidden 4096, 32 layers, 32 heads,
 8 KV heads, intermediate 14336, vocabulary 193,800, rope theta 500000) with random bf16 weights, and the token ids
 of the real Llasa tokenizer layout; the baseline is then HF `generate` with the speech-only mask (the body of
-`generate_codes_with_status`). It refuses to run on the CPU.
+`generate_codes_with_status`), and part 2 decodes with a random XCodec2 of the real codec's shape (float32). It
+refuses to run on the CPU.
 """
 
 from __future__ import annotations
@@ -159,7 +160,29 @@ def _llasa_8b_subject(device: str) -> Subject:
             )
         return int(out.shape[1] - input_ids.shape[1])
 
-    return Subject(model, ids, prompts, baseline)
+    # A random XCodec2 of the real checkpoint's shape (the default config: decoder hidden 1024, 12 layers), in
+    # float32 as the service runs it: for the time to first audio, not for sound.
+    from transformers import Xcodec2Config, Xcodec2Model
+
+    with torch.device(device):
+        codec_model = Xcodec2Model(Xcodec2Config()).eval()
+    reference = torch.randint(0, 65_536, (150,), generator=generator).tolist()
+    return Subject(model, ids, prompts, baseline, RawCodec(codec_model), reference)
+
+
+class RawCodec:
+    """`decode(codes)` straight on a native `Xcodec2Model` (what `XCodec2Codec.decode` does, minus its checks)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def decode(self, codes: list[int]) -> Any:
+        import torch
+
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            indices = torch.tensor(codes, dtype=torch.long, device=device).view(1, 1, -1)
+            return self.model.decode(audio_codes=indices).audio_values[0, 0].float().cpu().numpy()
 
 
 def _sync(device: str) -> None:
@@ -371,9 +394,7 @@ def main() -> None:
                 f"  {n} concurrent: first window {r['first_s']:.3f} s, total {r['total_s']:.3f} s, "
                 f"first/total {r['first_s'] / r['total_s']:.3f}, {r['audio_s']:.2f} s audio in {r['windows']} windows"
             )
-    else:
-        print("\nstreaming: skipped (no codec with --llasa-8b-shape; time to first codes is in the table above)")
-    if args.snr_grid and subject.codec is not None:
+    if args.snr_grid and not args.llasa_8b_shape:
         snr_grid(subject)
     if args.hf_continuous_batching and not args.llasa_8b_shape:
         hf_continuous_batching(args.models or _tiny_models(), subject, args)
