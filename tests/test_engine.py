@@ -451,11 +451,11 @@ def test_an_out_of_memory_step_shrinks_the_batch_and_loses_nothing(make_engine, 
     stats = engine.stats()
     assert stats.oom_shrinks == 1
     assert stats.tokens == 6 * 40  # every token sampled once: the failed step was undone, not half-recorded
-    wait_until(lambda: engine.stats().running == 0, "the engine to go idle")
-    # idle again: the shrunken limit is lifted for the next batch
-    again = engine.submit(prompts[0], SamplingParams(seed=0, max_new_tokens=3))
-    assert again.wait() is FinishReason.LENGTH
-    assert engine.stats().batch_limit == 8
+    # once the engine is idle, the shrunken limit is lifted for the next batch
+    wait_until(lambda: engine.stats().batch_limit == 8, "the batch limit to be restored when idle")
+    again = [engine.submit(prompts[i % 4], SamplingParams(seed=i, max_new_tokens=5)) for i in range(6)]
+    assert all(s.wait() is FinishReason.LENGTH for s in again)
+    assert engine.stats().oom_shrinks == 1
 
 
 def test_out_of_memory_half_way_through_a_forward_is_undone(make_engine, llasa_parts, prompts) -> None:
@@ -480,6 +480,30 @@ def test_out_of_memory_half_way_through_a_forward_is_undone(make_engine, llasa_p
     reference = llasa_parts[0]
     for i, stream in enumerate(streams):
         assert stream.codes == hf_greedy_codes(reference, llasa_parts[2], prompts[i % 4], 30), f"sequence {i}"
+
+
+def test_out_of_memory_while_merging_new_sequences_requeues_them(make_engine, prompts, monkeypatch) -> None:
+    from llasa.engine.batch import PaddedBatch
+
+    join = PaddedBatch.join
+    failures: list[int] = []
+
+    def join_failing_once(self: PaddedBatch, caches: list[Any], lengths: list[int]) -> None:
+        if self.rows and not failures:
+            failures.append(len(caches))
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        join(self, caches, lengths)
+
+    monkeypatch.setattr(PaddedBatch, "join", join_failing_once)
+    engine = make_engine()
+    first = engine.submit(prompts[0], SamplingParams(seed=1, max_new_tokens=60))
+    wait_until(lambda: len(first.codes) >= 2, "the first sequence to run")
+    later = [engine.submit(prompts[i], SamplingParams(seed=i, max_new_tokens=30)) for i in (1, 2, 3)]
+    for stream in [first, *later]:
+        assert stream.wait() is FinishReason.LENGTH
+    assert [len(s.codes) for s in later] == [30, 30, 30]
+    assert failures
+    assert engine.stats().oom_shrinks == 1
 
 
 def test_out_of_memory_alone_ends_the_sequence_with_an_error(make_engine, prompts) -> None:

@@ -321,10 +321,24 @@ class TransformersEngine:
             joined.append(seq)
             caches.append(cache)
             lengths.append(seq.cached_tokens)
-        if joined:
-            runner.batch.join(caches, lengths)
-            with self._cond:
-                self._running.extend(joined)
+        if not joined:
+            return
+        try:
+            runner.batch.join(caches, lengths)  # allocates the merged cache: it can run out of memory too
+        except Exception as e:
+            if not _is_oom(e) or (len(joined) == 1 and not self._running):
+                for seq in joined:
+                    seq.stream.finish(FinishReason.ERROR, e)  # a lone sequence that does not fit cannot run
+                if not _is_oom(e):
+                    raise
+                return
+            for seq in joined:
+                seq.cached_tokens = 0  # prefilled again from prompt + codes when re-admitted
+            self._requeue(joined)
+            self._note_oom(max(1, len(self._running)), e)
+            return
+        with self._cond:
+            self._running.extend(joined)
 
     def _decode(self, runner: _Runner) -> None:
         rows = len(self._running)
