@@ -63,13 +63,6 @@ class SpeechWindow:
     def size(self) -> int:
         return self.stop - self.start
 
-    def index_of_token(self, token_id: int) -> int | None:
-        """Window index of an allowed token id (speech or end), None for any other id."""
-        index = token_id - self.start
-        if 0 <= index < self.size and float(self.mask[index]) == 0.0:
-            return index
-        return None
-
 
 @dataclass
 class RowState:
