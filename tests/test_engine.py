@@ -374,6 +374,71 @@ def test_batched_runs_are_well_formed_and_each_reproducible_alone(make_engine, p
     # Batching may change the numerics (see the module docstring), so batched codes are not compared to alone.
 
 
+def test_sequences_arriving_together_are_prefilled_together_and_stay_exact(make_engine, llasa_parts, prompts) -> None:
+    # Held at the lease until all four are queued, so they are admitted, and prefilled, as one left-padded group.
+    model, _, ids = llasa_parts
+    granted = threading.Event()
+    prefills: list[int] = []
+
+    @contextlib.contextmanager
+    def held_lease() -> Iterator[Any]:
+        granted.wait()
+        yield model
+
+    def hook(phase: str, rows: int) -> None:
+        if phase == "prefill":
+            prefills.append(rows)
+
+    engine = make_engine(lease=held_lease, step_hook=hook)
+    streams = [engine.submit(p, SamplingParams(top_k=1, max_new_tokens=25)) for p in prompts]
+    granted.set()
+    assert [list(s) for s in streams] == [hf_greedy_codes(model, ids, p, 25) for p in prompts]
+    assert prefills == [4]
+    assert len({len(p) for p in prompts}) == 4  # different lengths: the group really was padded
+
+
+def test_the_padded_batch_cache_holds_what_each_sequence_computes_alone(llasa_parts, prompts) -> None:
+    # The random tiny model barely uses positions, so equal greedy codes could hide a position or padding error;
+    # the keys (rotated by their positions) cannot: after a padded group prefill, a join and decode steps in the
+    # batch, each row's real columns must equal one unpadded forward of that sequence's tokens alone.
+    from llasa.engine.transformers_backend import _Runner, _Sequence
+
+    model, _, ids = llasa_parts
+    runner = _Runner(model, ids)
+
+    def sequence(prompt_ids: list[int], generated: list[int] | None = None) -> _Sequence:
+        stream = CodeStream(0, SamplingParams(top_k=1), len(prompt_ids))
+        return _Sequence(stream, list(prompt_ids), 100, 0, 0, generated_ids=list(generated or []))
+
+    with torch.inference_mode():
+        group = [sequence(p) for p in prompts[:3]]
+        batch, firsts = runner.prefill(group)
+        for seq, first in zip(group, firsts, strict=True):
+            seq.generated_ids.append(runner.window.start + int(first))
+        runner.batch.join([batch])
+        late = sequence(prompts[3])  # joins after two steps, with a prompt longer than the batch so far
+        running = group
+        for step in range(5):
+            if step == 2:
+                joined, (first,) = runner.prefill([late])
+                late.generated_ids.append(runner.window.start + int(first))
+                runner.batch.join([joined])
+                running = [*group, late]
+            for seq, index in zip(running, runner.decode_step(running), strict=True):
+                seq.cached_tokens += 1
+                seq.generated_ids.append(runner.window.start + index)
+        mask = runner.batch.attention_mask
+        for row, seq in enumerate(running):
+            alone, _ = runner.prefill([sequence(seq.prompt_ids, seq.generated_ids)])
+            real = mask[row].bool()
+            assert int(real.sum()) == seq.cached_tokens
+            for batched_layer, alone_layer in zip(runner.batch.cache.layers, alone.cache.layers, strict=True):
+                torch.testing.assert_close(batched_layer.keys[row][:, real], alone_layer.keys[0], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(
+                    batched_layer.values[row][:, real], alone_layer.values[0], atol=1e-4, rtol=1e-4
+                )
+
+
 def test_a_sequence_joins_a_running_batch_mid_run(make_engine, prompts) -> None:
     engine = make_engine()
     # The long one's cap is out of reach (it is cancelled at the end), so a slow test thread cannot miss the overlap.
@@ -488,11 +553,11 @@ def test_out_of_memory_while_merging_new_sequences_requeues_them(make_engine, pr
     join = PaddedBatch.join
     failures: list[int] = []
 
-    def join_failing_once(self: PaddedBatch, caches: list[Any], lengths: list[int]) -> None:
+    def join_failing_once(self: PaddedBatch, others: list[PaddedBatch]) -> None:
         if self.rows and not failures:
-            failures.append(len(caches))
+            failures.append(len(others))
             raise torch.OutOfMemoryError("injected: CUDA out of memory")
-        join(self, caches, lengths)
+        join(self, others)
 
     monkeypatch.setattr(PaddedBatch, "join", join_failing_once)
     engine = make_engine()

@@ -123,22 +123,28 @@ class PaddedBatch:
     def length(self) -> int:
         return 0 if self.attention_mask is None else int(self.attention_mask.shape[1])
 
-    def join(self, caches: list[DynamicCache], lengths: list[int]) -> None:
-        """Append one row per prefilled single-sequence cache (each [1, H, L, D], no padding), in order."""
-        if not caches:
+    def join(self, others: list[PaddedBatch]) -> None:
+        """Append the rows of other batches (prefilled sequences, left-padded among themselves), in order."""
+        parts = [b for b in [self, *others] if b.cache is not None and b.attention_mask is not None]
+        if len(parts) <= 1 and (not parts or parts[0] is self):
             return
-        parts = ([cache_tensors(self.cache)] if self.cache is not None else []) + [cache_tensors(c) for c in caches]
-        device = parts[-1][0][0].device
-        masks = [self.attention_mask] if self.attention_mask is not None else []
-        masks += [torch.ones(1, n, dtype=torch.long, device=device) for n in lengths]
+        tensors = [cache_tensors(b.cache) for b in parts]  # type: ignore[arg-type]
+        masks: list[torch.Tensor] = [b.attention_mask for b in parts]  # type: ignore[misc]
         width = max(m.shape[1] for m in masks)
         merged: KV = []
-        for layer in range(len(parts[0])):
-            keys = [_left_pad(p[layer][0], width - p[layer][0].shape[-2]) for p in parts]
-            values = [_left_pad(p[layer][1], width - p[layer][1].shape[-2]) for p in parts]
+        for layer in range(len(tensors[0])):
+            keys = [_left_pad(t[layer][0], width - t[layer][0].shape[-2]) for t in tensors]
+            values = [_left_pad(t[layer][1], width - t[layer][1].shape[-2]) for t in tensors]
             merged.append((torch.cat(keys, dim=0), torch.cat(values, dim=0)))
         self.attention_mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in masks], dim=0)
         self.cache = cache_from_tensors(self.config, merged)
+
+    @classmethod
+    def of(cls, config: Any, cache: DynamicCache, attention_mask: torch.Tensor) -> PaddedBatch:
+        """A batch holding `cache` (rows left-padded as `attention_mask` says), e.g. a prefill's."""
+        batch = cls(config)
+        batch.cache, batch.attention_mask = cache, attention_mask
+        return batch
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order); cut columns that became padding in every row."""

@@ -3,8 +3,9 @@
 One background thread owns the step loop. Each pass it
 1. drops cancelled sequences (queued or running),
 2. admits waiting sequences in FIFO order while the batch has fewer than `max_batch_sequences` rows and the
-   padded KV cache estimate stays within `kv_cache_bytes`: each is prefilled alone, its first token sampled, and
-   its cache merged into the batch (`PaddedBatch.join`),
+   padded KV cache estimate stays within `kv_cache_bytes`: those admitted together are prefilled in one
+   left-padded forward (one alone has no padding), their first tokens sampled, and their cache rows merged into
+   the batch (`PaddedBatch.join`),
 3. runs one decode step for every running sequence together and retires those that sampled the end token or hit
    their length cap (`PaddedBatch.keep`), without stalling the others.
 The model comes from `model_lease()`, a context manager entered when the first sequence arrives and left when no
@@ -23,15 +24,16 @@ added. Three more choices:
   layer's work.
 - Sampling is per row (`llasa.engine.sampling`): each sequence has its own CPU `torch.Generator` and parameters.
 - The batch cache grows in place (`batch.GrowingLayer`) instead of being concatenated (copied) at every step.
-Not done yet, for the GPU: new sequences are prefilled one at a time (a burst of arrivals pays one prefill each
-before the next decode step); and with a padding mask transformers' SDPA path expands the KV heads to the query
-heads at every step (`repeat_kv`; 8 -> 32 on Llasa-8B), which a paged or varlen attention kernel would avoid.
-`bench_engine.py --device cuda --llasa-8b-shape [--attn-implementation ...]` is there to measure both.
+Not done yet, for the GPU: with a padding mask transformers' SDPA path expands the KV heads to the query heads at
+every step (`repeat_kv`; 8 -> 32 on Llasa-8B), which a paged or varlen attention kernel would avoid; and a long
+prompt's prefill is not chunked, so it delays the running sequences' next step by its whole duration.
+`bench_engine.py --device cuda --llasa-8b-shape [--attn-implementation ...]` is there to measure them.
 
 Numerics and reproducibility: a sequence's logits depend on the batch it ran in. Padding columns are masked
 exactly, but the batched matrix products sum in a different order for a different batch shape, so logits can
 differ in the last bits and a sampled token can flip, after which the sequences diverge. What is guaranteed: a
-seeded sequence run alone gives the same codes every time (prefill alone, then batch-of-one steps); in a batch it
+seeded sequence run alone gives the same codes every time (prefill alone, then batch-of-one steps); in a batch (or
+a prefill group) it
 gives well-formed codes from its own seed, not necessarily the same ones. The codes of a seed are also not the
 ones `LlasaModel.generate_codes` (HF `generate`) gives for it: same distribution, draws made differently (see
 `llasa.engine.sampling`). A sequence requeued after an
@@ -42,7 +44,9 @@ Out of memory during a step (CUDA's `torch.OutOfMemoryError`, or one raised by t
 the step is undone (the cache tensors from before it are kept), the batch is halved by requeueing the most
 recently admitted sequences at the head of the queue with their codes, sampler state and RNG intact (they are
 prefilled again from prompt + codes when re-admitted), and the step is retried. The halved limit holds until the
-engine goes idle. A sequence that runs out of memory alone ends with ERROR; nothing is dropped silently.
+engine goes idle. Out of memory in a group prefill falls back to prefilling one at a time; in a lone prefill or
+while merging into the batch, the sequences go back to the queue until the batch is smaller. A sequence that runs
+out of memory alone ends with ERROR; nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -302,29 +306,54 @@ class TransformersEngine:
 
     def _admit(self, runner: _Runner) -> None:
         taken = self._take_admissible(runner)
-        joined: list[_Sequence] = []
-        caches, lengths = [], []
-        for index, seq in enumerate(taken):
-            try:
-                self._hook("prefill", 1)
-                cache, first = runner.prefill(seq)
-            except Exception as e:
-                if not _is_oom(e) or not (self._running or joined):
-                    seq.stream.finish(FinishReason.ERROR, e)  # fails alone: it cannot run at all
-                    logger.warning("%s: sequence %d failed in prefill: %s", self.name, seq.order, e)
-                    continue
-                self._requeue(taken[index:])
-                self._note_oom(len(self._running) + len(joined), e)
-                break
-            if first is not None and not self._record_token(seq, first, runner.window):
-                continue  # finished at its first token
-            joined.append(seq)
-            caches.append(cache)
-            lengths.append(seq.cached_tokens)
-        if not joined:
+        if not taken:
             return
         try:
-            runner.batch.join(caches, lengths)  # allocates the merged cache: it can run out of memory too
+            self._hook("prefill", len(taken))
+            group, firsts = runner.prefill(taken)
+        except Exception as e:
+            if len(taken) == 1 or not _is_oom(e):
+                self._admit_one_by_one(runner, taken, e)
+                return
+            # A prefill of several at once ran out of memory: its activations, not the batch, were too much.
+            logger.warning("%s: prefill of %d sequences ran out of memory; one at a time", self.name, len(taken))
+            self._admit_one_by_one(runner, taken, None)
+            return
+        self._join(runner, taken, group, firsts)
+
+    def _admit_one_by_one(self, runner: _Runner, taken: list[_Sequence], failed: BaseException | None) -> None:
+        """Prefill `taken` one at a time; `failed` is the error a lone sequence already met (not retried)."""
+        for index, seq in enumerate(taken):
+            error = failed if len(taken) == 1 else None
+            if error is None:
+                try:
+                    self._hook("prefill", 1)
+                    group, firsts = runner.prefill([seq])
+                except Exception as e:
+                    error = e
+            if error is not None:
+                if not _is_oom(error) or not self._running:
+                    seq.stream.finish(FinishReason.ERROR, error)  # fails alone: it cannot run at all
+                    logger.warning("%s: sequence %d failed in prefill: %s", self.name, seq.order, error)
+                    continue
+                self._requeue(taken[index:])
+                self._note_oom(len(self._running), error)
+                return
+            self._join(runner, [seq], group, firsts)
+
+    def _join(self, runner: _Runner, seqs: list[_Sequence], group: PaddedBatch, firsts: list[int | None]) -> None:
+        """Record each new sequence's first token and merge the ones still going into the running batch."""
+        going = [
+            i
+            for i, (seq, first) in enumerate(zip(seqs, firsts, strict=True))
+            if first is None or self._record_token(seq, first, runner.window)
+        ]
+        if not going:
+            return
+        joined = [seqs[i] for i in going]
+        try:
+            group.keep(going)
+            runner.batch.join([group])  # allocates the merged cache: it can run out of memory too
         except Exception as e:
             if not _is_oom(e) or (len(joined) == 1 and not self._running):
                 for seq in joined:
@@ -471,29 +500,36 @@ class _Runner:
         logits = torch.nn.functional.linear(hidden, self.head_weight, self.head_bias)
         return logits.float()
 
-    def prefill(self, seq: _Sequence) -> tuple[Any, int | None]:
-        """Prefill one sequence alone. A new one gets its sampler and first token (window index); a requeued one
-        (codes already sampled) is prefilled through all but its last code, which is its next input: None."""
+    def prefill(self, seqs: list[_Sequence]) -> tuple[PaddedBatch, list[int | None]]:
+        """Prefill sequences together (left-padded to the longest; one sequence alone has no padding).
+
+        A new sequence gets its sampler and its first token (a window index); a requeued one (codes already
+        sampled) is prefilled through all but its last code, which is its next input, and gets None.
+        """
         from transformers import DynamicCache
 
-        resumed = bool(seq.generated_ids)
-        ids = seq.prompt_ids + seq.generated_ids[:-1]
-        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        rows = [s.prompt_ids + s.generated_ids[:-1] for s in seqs]
+        width = max(len(r) for r in rows)
+        # Padding columns take the row's first token (any id would do: they are masked out).
+        input_ids = torch.tensor([[r[0]] * (width - len(r)) + r for r in rows], dtype=torch.long, device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         out = self.decoder(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            position_ids=torch.arange(len(ids), device=self.device)[None],
-            cache=cache,
-            use_cache=True,
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         )
-        seq.cached_tokens = len(ids)
-        if resumed:
-            return cache, None
-        if seq.sampler is None:
-            seq.sampler = make_row_state(seq.stream.params, seq.seed, seq.prompt_ids, self.window, self.device)
-        logits = self._logits(out.last_hidden_state[:, -1])
-        return cache, sample_next(logits, [seq.sampler], self.mask)[0]
+        firsts: list[int | None] = [None] * len(seqs)
+        fresh = [i for i, s in enumerate(seqs) if not s.generated_ids]
+        for i, seq in enumerate(seqs):
+            seq.cached_tokens = len(rows[i])
+            if i in fresh and seq.sampler is None:
+                seq.sampler = make_row_state(seq.stream.params, seq.seed, seq.prompt_ids, self.window, self.device)
+        if fresh:
+            hidden = out.last_hidden_state[torch.tensor(fresh, device=self.device), -1]
+            sampled = sample_next(self._logits(hidden), [seqs[i].sampler for i in fresh], self.mask)  # type: ignore[misc]
+            for i, index in zip(fresh, sampled, strict=True):
+                firsts[i] = index
+        return PaddedBatch.of(self.model.config, cache, mask), firsts
 
     def decode_step(self, running: list[_Sequence]) -> list[int]:
         """One token for every running sequence (row order = `running`); returns sampled window indices."""
