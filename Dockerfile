@@ -59,8 +59,9 @@ WORKDIR /app
 # torch first, from the index of the chosen CUDA flavour; requirements.txt pins the same version, which pip then
 # finds already satisfied (a local version label such as +cu128 matches ==2.11.0).
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" "torchaudio==${TORCHAUDIO_VERSION}"
-COPY requirements.txt ./
-RUN pip install -r requirements.txt
+COPY requirements.txt requirements-tiny.txt ./
+# requirements-tiny.txt: what tools/make_tiny_models.py needs for `./start.sh --demo` (a few MB)
+RUN pip install -r requirements.txt -r requirements-tiny.txt
 
 # Optional: weights baked into the image. faster-whisper's download_model maps a size name to its CTranslate2 repo.
 RUN if [ "${BAKE_MODELS}" = "1" ]; then \

@@ -90,11 +90,23 @@ def time_stretch(samples: np.ndarray, sample_rate: int, speed: float) -> np.ndar
     """Play `samples` `speed` times faster (0.25..4.0) at the same pitch; returns float32 at `sample_rate`."""
     if abs(speed - 1.0) <= 1e-6 or len(samples) == 0:
         return np.asarray(samples, dtype=np.float32)
+    # atempo keeps back up to a window of input when flushed, which on a short clip is a large share of it (a
+    # 0.3 s clip at speed 0.25 came out 3.4x long, not 4x). Stretch the clip with a tail of silence, then cut
+    # the result to exactly len / speed samples: the whole clip is heard and the length is what was asked for.
+    wanted = round(len(samples) / speed)
+    padded = np.concatenate([np.asarray(samples, dtype=np.float32), np.zeros(_STRETCH_FLUSH_PAD, np.float32)])
     chain = _FilterChain(sample_rate, sample_rate, speed=speed, sample_fmt="flt")
-    frames = chain.push(samples) + chain.finish()
-    if not frames:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate([frame.to_ndarray().reshape(-1) for frame in frames]).astype(np.float32)
+    frames = chain.push(padded) + chain.finish()
+    stretched = (
+        np.concatenate([frame.to_ndarray().reshape(-1) for frame in frames]).astype(np.float32)
+        if frames
+        else np.zeros(0, dtype=np.float32)
+    )
+    return np.pad(stretched[:wanted], (0, max(0, wanted - len(stretched))))
+
+
+#: Silence appended before a time stretch (samples): more than atempo's largest window (about 0.1 s at 48 kHz).
+_STRETCH_FLUSH_PAD = 8192
 
 
 class _ByteSink(io.RawIOBase):

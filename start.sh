@@ -300,7 +300,7 @@ warn_if_torch_lacks_the_gpu() {
 # --- demo checkpoints ----------------------------------------------------------------------------------------
 
 demo_stamp() {
-  cat "$repo_dir"/tools/*.py | sha256sum | cut -c1-16
+  cat "$repo_dir"/tools/*.py "$repo_dir"/tools/chat_templates/* | sha256sum | cut -c1-16
 }
 
 # Builds the tiny checkpoints into DIR with PYTHON unless DIR already holds the ones the current tools write.

@@ -8,6 +8,8 @@ Part 1 runs the whole pipeline N times (reference without transcript, so every s
 of each stage. Part 2 measures generation alone: `LlasaModel.generate_codes` (speech-only logits mask, cancel
 check, seeded RNG fork) against a plain `model.generate` on the same prompt with the same sampling settings,
 interleaved in the same run, and prints tokens/s of each and their ratio (goal: ours >= 0.95 of plain).
+Part 3 loads XCodec2 in each XCODEC2_DTYPE (float32, bfloat16) and prints the median encode time of the reference,
+decode time of its codes, peak VRAM of each (CUDA only) and how many reference codes the two dtypes agree on.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -121,6 +124,7 @@ def main() -> None:
                 plain.append(run_plain(run))
                 ours.append(run_ours(run))
     service.shutdown()
+    codec_rows = _codec_dtypes(settings, args.reference, args.runs)
 
     stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     print(f"\n# bench_synthesis  {stamp}  {platform.node()}  device={service.manager.device}")
@@ -136,6 +140,57 @@ def main() -> None:
     print(f"| ours: generate_codes | {ours_median:.1f} | {min(ours):.1f} | {max(ours):.1f} |")
     print(f"| baseline: plain model.generate | {plain_median:.1f} | {min(plain):.1f} | {max(plain):.1f} |")
     print(f"\nratio ours / plain = {ours_median / plain_median:.3f}  (goal >= 0.95)")
+    print("\n| XCODEC2_DTYPE | encode (s, median) | decode (s, median) | peak VRAM | codes equal to float32's |")
+    print("|---|---|---|---|---|")
+    for row in codec_rows:
+        print(f"| {row['dtype']} | {row['encode']:.4f} | {row['decode']:.4f} | {row['peak']} | {row['agree']} |")
+
+
+def _codec_dtypes(base: Any, reference: Path, runs: int) -> list[dict[str, Any]]:
+    """Encode/decode medians and peak VRAM of XCodec2 loaded in each dtype, on the benchmark's device."""
+    import torch
+
+    from llasa.audio import load_audio
+    from llasa.models import load_xcodec2
+
+    samples = load_audio(reference, max_seconds=base.max_reference_seconds)
+    cuda = base.device != "cpu" and torch.cuda.is_available()
+    rows: list[dict[str, Any]] = []
+    float32_codes: list[int] = []
+    for dtype in ("float32", "bfloat16"):
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        codec = load_xcodec2(base.model_copy(update={"xcodec2_dtype": dtype}), "cuda" if cuda else "cpu")
+        encode_s, decode_s = [], []
+        codes: list[int] = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            codes = codec.encode(samples)
+            if cuda:
+                torch.cuda.synchronize()
+            encode_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            codec.decode(codes)
+            if cuda:
+                torch.cuda.synchronize()
+            decode_s.append(time.perf_counter() - started)
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
+        if dtype == "float32":
+            float32_codes = codes
+        same = sum(a == b for a, b in zip(codes, float32_codes, strict=False))
+        rows.append(
+            {
+                "dtype": dtype,
+                "encode": statistics.median(encode_s),
+                "decode": statistics.median(decode_s),
+                "peak": peak,
+                "agree": f"{same}/{len(codes)}",
+            }
+        )
+        codec.close()
+        del codec
+    return rows
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     """Llasa checkpoint: a hub id (HKUSTAudio/Llasa-1B, -3B, -8B) or a local folder."""
     xcodec2_model: str = "HKUSTAudio/xcodec2-hf"
     """XCodec2 checkpoint in transformers' native format: a hub id or a local folder."""
+    xcodec2_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights dtype of XCodec2 on every device. float32 is how the codec was trained and how Llasa's training codes
+    were extracted, so reference codes match what the model saw; bfloat16 saves about 1.6 GB of VRAM with the real
+    codec and may shift some reference codes."""
     whisper_model: str = "large-v3-turbo"
     """faster-whisper model: a size name (tiny, base, small, medium, large-v3, large-v3-turbo), a hub id of a
     CTranslate2 conversion, or a local CTranslate2 folder."""

@@ -8,8 +8,8 @@
 Loaders take a hub id (or a faster-whisper size name) or a local folder, from LLASA_MODEL / XCODEC2_MODEL /
 WHISPER_MODEL, honour HF_TOKEN / HF_ENDPOINT / HF_HOME, and raise `ModelUnavailable` naming the model and the
 variable to set when the weights cannot be found, downloaded or loaded, or when the checkpoint lacks weights the
-architecture needs (transformers would fill those with random values and only print a table). Weights are bf16 on
-CUDA and fp32 on the CPU.
+architecture needs (transformers would fill those with random values and only print a table). Llasa's weights are
+bf16 on CUDA and fp32 on the CPU; XCodec2's are XCODEC2_DTYPE (fp32 by default) everywhere.
 Nothing is loaded at import; `register_models()` only registers loaders with the manager.
 """
 
@@ -485,10 +485,12 @@ class XCodec2Codec:
 
 
 def load_xcodec2(settings: Settings, device: str) -> XCodec2Codec:
-    """Load XCODEC2_MODEL (native transformers format) onto `device` ("cuda:0" in bf16, "cpu" in fp32).
+    """Load XCODEC2_MODEL (native transformers format) onto `device`, in XCODEC2_DTYPE (float32 by default).
 
-    bf16 on CUDA as for Llasa; the native model itself runs the quantizer (code assignment) and the iSTFT head in
-    fp32 whatever the weights' dtype.
+    float32 everywhere by default, unlike Llasa: every official path (the model card, transformers' docs and
+    integration test, the scripts that extracted Llasa's training codes) runs the codec in float32, so reference
+    codes computed in bf16 could differ from the ones the model learned from. With bfloat16 the native model still
+    runs the quantizer (code assignment) and the iSTFT head in float32.
     """
     from transformers import AutoFeatureExtractor, Xcodec2Model
 
@@ -497,7 +499,7 @@ def load_xcodec2(settings: Settings, device: str) -> XCodec2Codec:
     folder = resolve_model_dir(
         settings.xcodec2_model, settings, variable="XCODEC2_MODEL", what="XCodec2", allow_patterns=XCODEC2_FILES
     )
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = torch.bfloat16 if settings.xcodec2_dtype == "bfloat16" else torch.float32
     # As for Llasa: whatever fails while loading, name the checkpoint and the variable.
     try:
         feature_extractor = AutoFeatureExtractor.from_pretrained(folder)

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llasa.text import join_texts
+
 #: The "Today Date" every prompt is rendered with (Llama-3.1's template default, so Llasa-8B renders unchanged).
 FIXED_DATE = "26 Jul 2024"
 NUM_SPEECH_CODES = 65_536
@@ -37,10 +39,12 @@ def speech_token(code: int) -> str:
 def build_messages(text: str, reference_text: str | None, reference_codes: Sequence[int]) -> list[dict[str, str]]:
     """The two chat messages of one synthesis, in Llasa's training format.
 
-    With a reference, the transcript and the text are joined by one space inside the text markers and the
-    assistant turn starts with the reference's speech tokens; without one, only the text and an empty speech turn.
+    With a reference, the transcript and the text are joined inside the text markers (by one space, or by none
+    where the transcript ends and the text starts with CJK characters, as the model card's Chinese example does)
+    and the assistant turn starts with the reference's speech tokens; without one, only the text and an empty
+    speech turn.
     """
-    spoken = f"{reference_text} {text}" if reference_text else text
+    spoken = join_texts(reference_text, text) if reference_text else text
     user = f"{INSTRUCTION}{TEXT_UNDERSTANDING_START}{spoken}{TEXT_UNDERSTANDING_END}"
     assistant = SPEECH_GENERATION_START + "".join(speech_token(int(c)) for c in reference_codes)
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]

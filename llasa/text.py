@@ -67,6 +67,22 @@ def _is_cjk_punct(ch: str) -> bool:
     return 0x3000 <= code <= 0x303F or 0xFF00 <= code <= 0xFF65
 
 
+def is_cjk_boundary(ch: str) -> bool:
+    """True for a CJK character or CJK punctuation: no space is written next to one when both sides are."""
+    return bool(ch) and (_is_cjk(ch) or _is_cjk_punct(ch))
+
+
+def join_texts(left: str, right: str) -> str:
+    """`left` and `right` joined with one space, or with none where both sides of the join are CJK.
+
+    Chinese and Japanese are written without spaces between words, so a space there is a pause the model was
+    never shown (the Llasa model card joins a Chinese transcript and text directly). Either side empty: the other.
+    """
+    if not left or not right:
+        return left or right
+    return left + right if is_cjk_boundary(left[-1]) and is_cjk_boundary(right[0]) else f"{left} {right}"
+
+
 def normalize_text(text: str) -> str:
     """Tidy text for the model without changing what is said.
 
@@ -265,8 +281,7 @@ def _clean_chunk(text: str) -> str:
     def join(m: re.Match[str]) -> str:
         before = m.string[m.start() - 1] if m.start() > 0 else ""
         after = m.string[m.end()] if m.end() < len(m.string) else ""
-        cjk_before = _is_cjk(before) or _is_cjk_punct(before)
-        return "" if cjk_before and (_is_cjk(after) or _is_cjk_punct(after)) else " "
+        return "" if is_cjk_boundary(before) and is_cjk_boundary(after) else " "
 
     return re.sub(r"\s*\n\s*", join, text.strip())
 

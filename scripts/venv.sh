@@ -23,10 +23,11 @@ llasa_find_python() {
   return 1
 }
 
-# The stamp the virtualenv must carry: a hash of both requirement files.
+# The stamp the virtualenv must carry: a hash of the requirement files requirements-dev.txt pulls in.
 llasa_requirements_stamp() {
   local repo_dir=$1
-  cat "$repo_dir/requirements.txt" "$repo_dir/requirements-dev.txt" | sha256sum | cut -c1-16
+  cat "$repo_dir/requirements.txt" "$repo_dir/requirements-tiny.txt" "$repo_dir/requirements-dev.txt" |
+    sha256sum | cut -c1-16
 }
 
 # Creates the virtualenv if needed and (re)installs requirements-dev.txt (runtime + test tools) when the stamp

@@ -25,8 +25,12 @@ from llasa.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / "tools"
-#: Builder scripts whose content keys the cache (the whisper one may not exist yet).
-BUILDER_FILES = (TOOLS / "make_tiny_models.py", TOOLS / "tiny_whisper.py")
+#: Builder scripts and the chat templates they ship, whose content keys the cache.
+BUILDER_FILES = (
+    TOOLS / "make_tiny_models.py",
+    TOOLS / "tiny_whisper.py",
+    *sorted((TOOLS / "chat_templates").glob("*.jinja")),
+)
 AUDIO_DIR = REPO / "tests" / "data" / "audio"
 
 

@@ -32,6 +32,18 @@ def test_time_stretch_changes_length_not_pitch(speed: float) -> None:
     assert dominant_hz(stretched, RATE) == pytest.approx(220.0, abs=5.0)
 
 
+@pytest.mark.parametrize("speed", [0.25, 0.5, 2.0, 4.0])
+def test_time_stretch_of_a_short_clip_keeps_all_of_it(speed: float) -> None:
+    """A 0.3 s clip (what a one-chunk request can be): exactly len / speed samples, and its end is still heard
+    (atempo alone kept back a window's worth of input when flushed, cutting the tail)."""
+    rng = np.random.default_rng(0)
+    source = (rng.standard_normal(4800) * 0.3).astype(np.float32)
+    stretched = time_stretch(source, RATE, speed)
+    assert len(stretched) == round(len(source) / speed)
+    tail = stretched[-len(stretched) // 6 :]
+    assert float(np.sqrt(np.mean(tail**2))) > 0.05
+
+
 def test_time_stretch_of_nothing_is_nothing() -> None:
     assert time_stretch(np.zeros(0, dtype=np.float32), RATE, 2.0).size == 0
 

@@ -72,7 +72,7 @@ def test_chinese_with_reference(tokenizer) -> None:
         "Cutting Knowledge Date: December 2023\n"
         "Today Date: 26 Jul 2024\n\n"
         "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
-        "Convert the text to speech:<|TEXT_UNDERSTANDING_START|>这是参考音频。 你好，世界！"
+        "Convert the text to speech:<|TEXT_UNDERSTANDING_START|>这是参考音频。你好，世界！"
         "<|TEXT_UNDERSTANDING_END|><|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         "<|SPEECH_GENERATION_START|><|s_42|><|s_4242|>"
     )
@@ -88,6 +88,23 @@ def test_chinese_without_reference(tokenizer) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("reference_text", "text", "spoken"),
+    [
+        ("这是参考音频。", "你好，世界！", "这是参考音频。你好，世界！"),  # the model card's Chinese example: no space
+        ("参考音频", "你好", "参考音频你好"),
+        ("今天天气很好。", "Good morning.", "今天天气很好。 Good morning."),  # Latin on one side: a space
+        ("It rains.", "今天天气很好。", "It rains. 今天天气很好。"),
+        ("Reference text.", "Hello.", "Reference text. Hello."),
+        ("「参考」", "こんにちは", "「参考」こんにちは"),  # CJK punctuation and kana count as CJK
+    ],
+)
+def test_transcript_and_text_join(reference_text: str, text: str, spoken: str) -> None:
+    assert build_messages(text, reference_text, [])[0]["content"] == (
+        f"Convert the text to speech:<|TEXT_UNDERSTANDING_START|>{spoken}<|TEXT_UNDERSTANDING_END|>"
+    )
+
+
 def test_empty_transcript_counts_as_no_reference_text() -> None:
     assert build_messages("Hi.", "", [1])[0]["content"] == (
         "Convert the text to speech:<|TEXT_UNDERSTANDING_START|>Hi.<|TEXT_UNDERSTANDING_END|>"
@@ -95,7 +112,11 @@ def test_empty_transcript_counts_as_no_reference_text() -> None:
     assert build_messages("Hi.", "", [1])[1]["content"] == "<|SPEECH_GENERATION_START|><|s_1|>"
 
 
-def test_date_is_fixed_not_today(tokenizer) -> None:
+def test_date_is_fixed_not_today(tiny_models: Path) -> None:
+    """Llama-3.2's template (the legacy tiny checkpoint, like Llasa-1B / 3B) would date the prompt today."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models / "llasa-legacy")
     assert FIXED_DATE == "26 Jul 2024"
     rendered = render_prompt(tokenizer, "x", None, [])
     today = tokenizer.apply_chat_template(build_messages("x", None, []), tokenize=False, continue_final_message=True)
@@ -121,9 +142,8 @@ def test_ids_are_looked_up_from_the_tokenizer(tokenizer, ids: SpeechTokenIds) ->
     assert ids.speech_end_id == tokenizer.convert_tokens_to_ids("<|SPEECH_GENERATION_END|>")
     assert ids.first_speech_id == tokenizer.convert_tokens_to_ids("<|s_0|>")
     assert ids.last_speech_id == tokenizer.convert_tokens_to_ids("<|s_65535|>")
-    # the tiny tokenizer is not the real one: none of the real ids apply
-    assert ids.speech_end_id != 128261
-    assert ids.first_speech_id != 128264
+    # the tiny tokenizer has the real checkpoints' layout (tests/test_golden_prompt.py checks it in depth)
+    assert (ids.speech_start_id, ids.speech_end_id, ids.first_speech_id) == (128260, 128261, 128264)
     assert ids.code_to_id(123) == tokenizer.convert_tokens_to_ids("<|s_123|>")
 
 

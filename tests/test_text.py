@@ -9,7 +9,7 @@ import re
 import pytest
 
 from llasa.errors import InvalidInput
-from llasa.text import chunk_text, estimate_speech_codes, normalize_text, split_sentences
+from llasa.text import chunk_text, estimate_speech_codes, join_texts, normalize_text, split_sentences
 
 ZH = "今天天气很好，我们一起去公园散步吧。你觉得怎么样？太好了！我们走吧；快一点。"
 EN = (
@@ -277,3 +277,19 @@ def test_random_text_keeps_every_invariant() -> None:
         assert all(len(c) <= budget for c in chunks), (text, budget)
         assert no_space("".join(chunks)) == no_space(normalize_text(text)), text
         assert [w for c in chunks for w in latin_words(c)] == latin_words(normalize_text(text)), text
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "joined"),
+    [
+        ("你好。", "世界", "你好。世界"),
+        ("你好", "world", "你好 world"),
+        ("hello", "世界", "hello 世界"),
+        ("hello", "world", "hello world"),
+        ("", "世界", "世界"),
+        ("你好", "", "你好"),
+        ("（注）", "안녕", "（注）안녕"),
+    ],
+)
+def test_join_texts_writes_no_space_between_cjk(left: str, right: str, joined: str) -> None:
+    assert join_texts(left, right) == joined

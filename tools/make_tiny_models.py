@@ -3,16 +3,23 @@
     python tools/make_tiny_models.py OUT
 
 writes
-- `OUT/llasa/`: a 2-layer `LlamaForCausalLM` (safetensors) + a byte-level BPE fast tokenizer with Llama-3 special
-  tokens, the 8 Llasa control tokens (special) and all 65,536 `<|s_N|>` speech tokens (ordinary added tokens, as
-  in the real Llasa tokenizer), and a Llama-3.x style chat template;
+- `OUT/llasa/`: a 2-layer `LlamaForCausalLM` (safetensors; head_dim 32, since serving engines' CPU kernels refuse
+  16) with the Llasa tokenizer built the way Llasa's training code built it: Meta's Llama-3 BPE (the ranks file
+  `llama_models/llama3/tokenizer.model` of the `llama-models` package; only that file is read), the 256 Llama-3
+  special tokens at ids 128000-128255, then the 8 Llasa control tokens and the 65,536 speech tokens added as
+  ordinary (not special) tokens with `add_tokens`: vocabulary 193,800, `<|SPEECH_GENERATION_START|>` = 128260,
+  `<|SPEECH_GENERATION_END|>` = 128261, `<|s_0|>` = 128264, as in the real checkpoints. Chat template: Llama-3.1's
+  (Llasa-8B's base), in today's format (`chat_template.jinja`). The generation config is a Llama-3.x-Instruct's
+  (temperature 0.6, top_p 0.9, three eos ids), so a checkpoint default that leaks into sampling shows up in tests;
+- `OUT/llasa-legacy/`: the same weights with the tokenizer in the older format the published Llasa checkpoints
+  use (`PreTrainedTokenizerFast`, the chat template inside `tokenizer_config.json`, pad = `<|eot_id|>`,
+  `model_max_length` 2048) and Llama-3.2's template (Llasa-1B / 3B's base);
 - `OUT/xcodec2/`: transformers' native `Xcodec2Model` with a tiny config (same 8 x [4] FSQ quantizer, so codes
   span 0..65535; 320 samples per code) + its `Xcodec2FeatureExtractor`;
-- `OUT/whisper/`: a tiny multilingual Whisper converted to CTranslate2, written by `tools/tiny_whisper.py` when
-  that module is present.
+- `OUT/whisper/`: a tiny multilingual Whisper converted to CTranslate2, written by `tools/tiny_whisper.py`.
 
-Everything is seeded, so two runs write the same weights; nothing touches the network. Pointing LLASA_MODEL,
-XCODEC2_MODEL and WHISPER_MODEL at the three folders runs the whole service offline (the audio is noise).
+Everything is seeded, so two runs write the same files; nothing touches the network. Pointing LLASA_MODEL,
+XCODEC2_MODEL and WHISPER_MODEL at the folders runs the whole service offline (the audio is noise).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,9 +36,18 @@ logger = logging.getLogger(__name__)
 
 SEED = 1234
 NUM_SPEECH_TOKENS = 65_536
+#: Chat templates shipped beside this script (Llama-3.1 for the 8B, Llama-3.2 for the 1B and 3B).
+TEMPLATES_DIR = Path(__file__).with_name("chat_templates")
+LLAMA31_TEMPLATE = "llama-3.1.jinja"
+LLAMA32_TEMPLATE = "llama-3.2.jinja"
 
-#: Llama-3 style special tokens, in the order the real vocabulary has them (ids are whatever follows the BPE vocab).
-LLAMA3_SPECIAL_TOKENS = [
+#: The regular expression Llama-3 splits text with before BPE (Meta's `tokenizer.py`).
+LLAMA3_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: Llama-3.1's 256 special tokens, ids 128000-128255 in this order.
+LLAMA3_NAMED_SPECIALS = [
     "<|begin_of_text|>",
     "<|end_of_text|>",
     "<|reserved_special_token_0|>",
@@ -43,7 +60,11 @@ LLAMA3_SPECIAL_TOKENS = [
     "<|eot_id|>",
     "<|python_tag|>",
 ]
-#: Llasa's control tokens, in the order of the real checkpoint (there they are ids 128256..128263).
+NUM_LLAMA3_SPECIALS = 256
+LLAMA3_SPECIAL_TOKENS = LLAMA3_NAMED_SPECIALS + [
+    f"<|reserved_special_token_{i}|>" for i in range(3, 3 + NUM_LLAMA3_SPECIALS - len(LLAMA3_NAMED_SPECIALS))
+]
+#: Llasa's control tokens, in the order of the real checkpoint (ids 128256..128263 there).
 LLASA_CONTROL_TOKENS = [
     "<|TEXT_GENERATION_START|>",
     "<|TEXT_GENERATION_END|>",
@@ -54,125 +75,138 @@ LLASA_CONTROL_TOKENS = [
     "<|SPEECH_UNDERSTANDING_START|>",
     "<|SPEECH_UNDERSTANDING_END|>",
 ]
-
-# A Llama-3.x layout, written for this project: BOS, a system block carrying the knowledge cut-off and
-# "Today Date" (taken from `date_string`, else today's date like the 3.2 templates), then one header block per
-# message with trimmed content closed by <|eot_id|>.
-LLAMA3_CHAT_TEMPLATE = (
-    "{{- bos_token }}\n"
-    "{%- if date_string is not defined %}\n"
-    "    {%- if strftime_now is defined %}\n"
-    '        {%- set date_string = strftime_now("%d %b %Y") %}\n'
-    "    {%- else %}\n"
-    '        {%- set date_string = "26 Jul 2024" %}\n'
-    "    {%- endif %}\n"
-    "{%- endif %}\n"
-    "{%- if messages[0]['role'] == 'system' %}\n"
-    "    {%- set system_message = messages[0]['content'] | trim %}\n"
-    "    {%- set messages = messages[1:] %}\n"
-    "{%- else %}\n"
-    '    {%- set system_message = "" %}\n'
-    "{%- endif %}\n"
-    '{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}\n'
-    '{{- "Cutting Knowledge Date: December 2023\\n" }}\n'
-    '{{- "Today Date: " + date_string + "\\n\\n" }}\n'
-    "{{- system_message }}\n"
-    '{{- "<|eot_id|>" }}\n'
-    "{%- for message in messages %}\n"
-    "    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}\n"
-    "    {{- message['content'] | trim + '<|eot_id|>' }}\n"
-    "{%- endfor %}\n"
-    "{%- if add_generation_prompt %}\n"
-    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
-    "{%- endif %}\n"
-)
-
-# Enough English and Chinese for a BPE with useful merges; byte-level BPE encodes anything else byte by byte.
-_CORPUS = [
-    "Convert the text to speech:",
-    "The quick brown fox jumps over the lazy dog. Hello world, this is a test of the speech system.",
-    "Voice cloning reads any text in the voice of a short reference recording.",
-    "It was a bright cold day in April, and the clocks were striking thirteen.",
-    "Please call Stella. Ask her to bring these things with her from the store.",
-    "Numbers like 1, 2, 3, 42 and 2048 appear in text too; so do questions? And exclamations!",
-    "今天天气很好，我们一起去公园散步吧。",
-    "语音合成系统可以用参考音频克隆声音，并朗读任意中文或英文文本。",
-    "你好，世界！这是一个测试。请把这段文字转换成语音。",
-    "床前明月光，疑是地上霜。举头望明月，低头思故乡。",
-    "人工智能正在改变我们的生活和工作方式。",
-]
+BOS_TOKEN = "<|begin_of_text|>"
+EOT_TOKEN = "<|eot_id|>"
+#: A Llama-3.1/3.2-Instruct checkpoint's generation defaults (generation_config.json). Llasa never samples with
+#: them: the service passes every sampling parameter itself.
+INSTRUCT_TEMPERATURE = 0.6
+INSTRUCT_TOP_P = 0.9
+INSTRUCT_EOS_TOKENS = ["<|end_of_text|>", "<|eom_id|>", EOT_TOKEN]
 
 
-def _build_tokenizer(out_dir: Path) -> int:
-    """Train the tiny byte-level BPE, add every special and speech token, save it; return len(tokenizer)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def llama3_ranks_file() -> Path:
+    """Meta's Llama-3 BPE ranks, as the `llama-models` package ships them (the package itself is not imported)."""
+    spec = importlib.util.find_spec("llama_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "the llama-models package is not installed; it ships the Llama-3 tokenizer these checkpoints use "
+            "(pip install -r requirements-tiny.txt)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "llama3" / "tokenizer.model"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: reinstall llama-models (requirements-tiny.txt)")
+    return path
+
+
+def _build_tokenizer() -> object:
+    """The Llasa tokenizer (a transformers fast tokenizer), built as Llasa's training code built it."""
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        min_frequency=1,
-        show_progress=False,
-        # every byte is in the base alphabet, so no text ever needs an unknown token
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
+    backend = TikTokenConverter(
+        vocab_file=str(llama3_ranks_file()),
+        pattern=LLAMA3_SPLIT_PATTERN,
+        extra_special_tokens=LLAMA3_SPECIAL_TOKENS,
+    ).converted()
+    bos_id = backend.token_to_id(BOS_TOKEN)
+    # As Meta's tokenizer.json: byte-level offsets, then one BOS in front of every encoded text.
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS_TOKEN}:0 $A:0",
+                pair=f"{BOS_TOKEN}:0 $A:0 {BOS_TOKEN}:1 $B:1",
+                special_tokens=[(BOS_TOKEN, bos_id)],
+            ),
+        ]
     )
-    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
-
-    specials = [AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL_TOKENS + LLASA_CONTROL_TOKENS]
-    tokenizer.add_special_tokens(specials)
-    # Speech tokens are ordinary added tokens in the real checkpoint: decode() keeps them, skip_special_tokens
-    # does not drop them.
-    speech = [AddedToken(f"<|s_{i}|>", special=False, normalized=False) for i in range(NUM_SPEECH_TOKENS)]
-    tokenizer.add_tokens(speech)
-    bos = "<|begin_of_text|>"
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.token_to_id(bos))]
-    )
-
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=bos,
-        eos_token="<|eot_id|>",
-        model_max_length=131072,  # Llama-3's; Llasa's own 2048-token budget is enforced by llasa.models
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS_TOKEN,
+        eos_token=EOT_TOKEN,
+        model_max_length=131072,  # Llama-3.1's; Llasa's own 2048-token budget is enforced by llasa.models
         clean_up_tokenization_spaces=False,
     )
-    fast.chat_template = LLAMA3_CHAT_TEMPLATE
-    fast.save_pretrained(out_dir)
-    return len(fast)
+    # train_tts.py: `tokenizer.add_tokens(Start_End_tokens + new_speech_tokens)`: plain strings, so ordinary
+    # (non-special) added tokens.
+    added = tokenizer.add_tokens(LLASA_CONTROL_TOKENS + [f"<|s_{i}|>" for i in range(NUM_SPEECH_TOKENS)])
+    if added != len(LLASA_CONTROL_TOKENS) + NUM_SPEECH_TOKENS:
+        raise RuntimeError(f"added {added} Llasa tokens, expected {len(LLASA_CONTROL_TOKENS) + NUM_SPEECH_TOKENS}")
+    return tokenizer
 
 
-def _build_llasa(out_dir: Path) -> None:
+def _write_legacy_tokenizer(tokenizer: object, out_dir: Path) -> None:
+    """Save `tokenizer` in the older layout of the published Llasa checkpoints, with Llama-3.2's template."""
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "chat_template.jinja").unlink(missing_ok=True)
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("backend", None)  # written by transformers 5 only
+    config.update(
+        {
+            # transformers 4 listed every added token here as well as in tokenizer.json
+            "added_tokens_decoder": {
+                str(token_id): {
+                    "content": token.content,
+                    "lstrip": token.lstrip,
+                    "normalized": token.normalized,
+                    "rstrip": token.rstrip,
+                    "single_word": token.single_word,
+                    "special": token.special,
+                }
+                for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
+            },
+            "model_input_names": ["input_ids", "attention_mask"],
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "chat_template": (TEMPLATES_DIR / LLAMA32_TEMPLATE).read_text(),
+            "pad_token": EOT_TOKEN,
+            "model_max_length": 2048,
+            "padding_side": "right",
+        }
+    )
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def _build_llasa(out_dir: Path, legacy_dir: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab_size = _build_tokenizer(out_dir)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    bos_id = tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
-    eos_id = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    tokenizer = _build_tokenizer()
+    tokenizer.chat_template = (TEMPLATES_DIR / LLAMA31_TEMPLATE).read_text()
+    tokenizer.save_pretrained(out_dir)
+    bos_id = tokenizer.convert_tokens_to_ids(BOS_TOKEN)
+    eos_ids = tokenizer.convert_tokens_to_ids(INSTRUCT_EOS_TOKENS)
     config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
+        num_attention_heads=2,
+        num_key_value_heads=1,  # grouped-query attention, as the real 1B / 3B / 8B have
+        head_dim=32,  # the smallest head size vLLM's CPU attention accepts
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=bos_id,
-        eos_token_id=eos_id,
+        eos_token_id=eos_ids,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     )
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(config).eval()
-    model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, do_sample=True)
+    model.generation_config = GenerationConfig(
+        bos_token_id=bos_id,
+        eos_token_id=eos_ids,
+        do_sample=True,
+        temperature=INSTRUCT_TEMPERATURE,
+        top_p=INSTRUCT_TOP_P,
+    )
     model.save_pretrained(out_dir, safe_serialization=True)
+
+    legacy_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copyfile(out_dir / name, legacy_dir / name)
+    _write_legacy_tokenizer(tokenizer, legacy_dir)
 
 
 def _build_xcodec2(out_dir: Path) -> None:
@@ -230,12 +264,12 @@ def _build_whisper(out_dir: Path) -> bool:
 
 
 def build_tiny_models(out: Path) -> Path:
-    """Write `out/llasa`, `out/xcodec2` (and `out/whisper` when tools/tiny_whisper.py exists); return `out`."""
+    """Write `out/llasa`, `out/llasa-legacy`, `out/xcodec2` (and `out/whisper`); return `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _build_llasa(out / "llasa")
+    _build_llasa(out / "llasa", out / "llasa-legacy")
     _build_xcodec2(out / "xcodec2")
-    built = ["llasa", "xcodec2"]
+    built = ["llasa", "llasa-legacy", "xcodec2"]
     if _build_whisper(out / "whisper"):
         built.append("whisper")
     (out / "tiny_models.json").write_text(json.dumps({"seed": SEED, "models": built}, indent=2) + "\n")
