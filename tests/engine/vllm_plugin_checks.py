@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "vllm_plugins"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "vllm_plugins"))
 
 from llasa_logits import SpeechOnlyLogitsProcessor, SpeechOnlyLogitsProcessorV2, request_layout
 from vllm import SamplingParams

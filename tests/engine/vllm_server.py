@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "vllm_plugins"
 VLLM_PYTHON = os.environ.get("LLASA_VLLM_PYTHON", "")
 #: The logits processor for vLLM's V1 model runner, the one its CPU build uses.
