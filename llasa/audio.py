@@ -747,6 +747,19 @@ class StreamJoiner:
         self._tail = pending[len(pending) - keep :].copy()
         return pending[: len(pending) - keep]
 
+    def push_continued(self, audio: np.ndarray) -> np.ndarray:
+        """Add more audio of the chunk pushed last (a streamed window): appended without a crossfade; returns the
+        samples that no later chunk can change. The chunk's last `crossfade_samples` stay held for the next join."""
+        if self._finished:
+            raise RuntimeError("StreamJoiner.push_continued() after finish()")
+        c = _as_mono_float32(audio)
+        if len(c) == 0:
+            return np.zeros(0, dtype=np.float32)
+        pending = np.concatenate([self._tail, c])
+        keep = min(self.crossfade_samples, len(pending))
+        self._tail = pending[len(pending) - keep :].copy()
+        return pending[: len(pending) - keep]
+
     def finish(self) -> np.ndarray:
         """The held-back tail; the joiner takes no more chunks after this."""
         self._finished = True

@@ -115,11 +115,27 @@ class Settings(BaseSettings):
     default_repetition_penalty: float = Field(1.0, ge=0.5, le=2)
     """Repetition penalty used when a request gives none (1.0 = off)."""
 
+    # --- engine ------------------------------------------------------------------------------------------
+    llasa_engine: Literal["transformers", "vllm"] = "transformers"
+    """What runs the Llasa LM: transformers = the embedded continuous-batching engine in this process; vllm = one
+    or more vLLM servers at VLLM_URL (docs/scaling.md)."""
+    vllm_url: str = ""
+    """With LLASA_ENGINE=vllm: the vLLM server's base URL (http://host:8000), or several replicas comma-separated."""
+    max_batch_sequences: int = Field(16, ge=1, le=1024)
+    """Requests synthesised at the same time (more wait in the queue, up to MAX_QUEUE), and the text chunks the
+    embedded engine advances together in one batch."""
+    engine_kv_cache_mb: int = Field(0, ge=0)
+    """Most memory the embedded engine's KV cache may take (MiB); sequences beyond it wait for room (0 = no bound
+    but MAX_BATCH_SEQUENCES; an out-of-memory error still halves the batch and retries, losing nothing)."""
+    stream_first_codes: int = Field(15, ge=5, le=500)
+    """Speech codes generated before a stream sends its first audio (50 per second: 15 = 0.3 s); the following
+    windows double, up to 2 s."""
+
     # --- requests, files -----------------------------------------------------------------------------------
     max_upload_mb: float = Field(50.0, gt=0)
     """Largest accepted upload (MiB); bigger requests get 413."""
     max_queue: int = Field(16, ge=0)
-    """Requests that may wait for the GPU while one synthesis runs; more are refused with 429."""
+    """Requests that may wait for the GPU while MAX_BATCH_SEQUENCES requests run; more are refused with 429."""
     output_dir: Path = Path("outputs")
     """Folder for generated audio served under /api/outputs/<id>."""
     output_ttl_hours: float = Field(24.0, gt=0)

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llasa.errors import Cancelled
-from llasa.types import GPUStatus, SynthesisRequest, TranscriptionRequest
+from llasa.types import EngineStatus, GPUStatus, SynthesisRequest, TranscriptionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,52 @@ class _ModelCollector(Collector):
         yield from facts.values()
 
 
+class _EngineCollector(Collector):
+    """The engine's batch (running, waiting, limit) and totals (steps, tokens), read at scrape time."""
+
+    def __init__(self, status: Callable[[], EngineStatus]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        try:
+            engine = self.status()
+        except Exception:
+            logger.warning("could not read the engine status for /metrics", exc_info=True)
+            return
+        labels = ["backend"]
+        gauges = {
+            "llasa_engine_running_sequences": ("Sequences in the engine's batch now", engine.running),
+            "llasa_engine_waiting_sequences": ("Sequences waiting for a place in the batch", engine.waiting),
+            "llasa_engine_batch_limit": (
+                "Most sequences one batch holds now (0 = the server's own)",
+                engine.batch_limit,
+            ),
+            "llasa_engine_ready": ("1 when the engine can take sequences", float(engine.ready)),
+        }
+        for name, (help_text, value) in gauges.items():
+            family = GaugeMetricFamily(name, help_text, labels=labels)
+            family.add_metric([engine.backend], float(value))
+            yield family
+        # Counters: rate(llasa_engine_tokens_total[1m]) is the tokens per second; steps give the batch occupancy
+        # (tokens per step).
+        for name, help_text, value in (
+            ("llasa_engine_tokens", "Tokens the engine sampled", engine.tokens),
+            ("llasa_engine_steps", "Decode steps the engine ran", engine.steps),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=labels)
+            family.add_metric([engine.backend], float(value))
+            yield family
+
+
 class ServiceMetrics:
     """Syntheses and transcriptions by surface (rest, mcp, webui, core), endpoint and outcome; models; the queue."""
 
-    def __init__(self, status: Callable[[], GPUStatus], queue_depth: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        status: Callable[[], GPUStatus],
+        queue_depth: Callable[[], int],
+        engine_status: Callable[[], EngineStatus] | None = None,
+    ) -> None:
         self.registry = r = CollectorRegistry()
         labels = ["surface", "endpoint"]
         self.syntheses = Counter(
@@ -103,9 +145,28 @@ class ServiceMetrics:
             buckets=DURATION_BUCKETS_S,
             registry=r,
         )
+        self.first_audio_seconds = Histogram(
+            "llasa_time_to_first_audio_seconds",
+            "From a streamed request's arrival to its first audio",
+            ["surface"],
+            buckets=DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "llasa_queue_wait_seconds",
+            "From a synthesis's arrival to its place in a GPU slot",
+            ["surface"],
+            buckets=DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.sequences = Counter(
+            "llasa_engine_sequences_submitted", "Text chunks sent to the engine", ["surface"], registry=r
+        )
         queue = Gauge("llasa_queue_depth", "Requests waiting for the GPU (every face)", registry=r)
         queue.set_function(lambda: float(queue_depth()))
         r.register(_ModelCollector(status))
+        if engine_status is not None:
+            r.register(_EngineCollector(engine_status))
 
     def record_synthesis(self, request: SynthesisRequest, *, seconds: float, audio_s: float) -> None:
         labels = (request.surface, request.endpoint)
@@ -117,6 +178,15 @@ class ServiceMetrics:
 
     def record_synthesis_failure(self, request: SynthesisRequest, error: BaseException) -> None:
         self.syntheses.labels(request.surface, request.endpoint, outcome_of(error)).inc()
+
+    def record_first_audio(self, surface: str, seconds: float) -> None:
+        self.first_audio_seconds.labels(surface).observe(seconds)
+
+    def record_queue_wait(self, surface: str, seconds: float) -> None:
+        self.queue_wait_seconds.labels(surface).observe(seconds)
+
+    def record_sequences(self, surface: str, count: int) -> None:
+        self.sequences.labels(surface).inc(count)
 
     def record_stream_piece(self, request: SynthesisRequest) -> None:
         self.stream_chunks.labels(request.surface, request.endpoint).inc()

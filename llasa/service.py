@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,11 @@ from llasa.audio import (
     validate_output,
 )
 from llasa.config import Settings
-from llasa.errors import Cancelled, GenerationFailed, InvalidInput, VoiceExists
+from llasa.engine.types import CodeStream, FinishReason, GenerationBackend
+from llasa.errors import Cancelled, GenerationFailed, InvalidInput, TTSError, VoiceExists
 from llasa.metrics import ServiceMetrics
 from llasa.outputs import OutputStore, SavedOutput, cleanup_interval_s
+from llasa.prompt import build_prompt_ids, lookup_token_ids
 from llasa.text import chunk_text, estimate_speech_codes, normalize_text, refuse_control_markup
 from llasa.types import (
     CODES_PER_SECOND,
@@ -47,6 +49,7 @@ from llasa.types import (
     SAMPLES_PER_CODE,
     AudioPiece,
     AudioSource,
+    EngineStatus,
     GenerationParams,
     GPUStatus,
     ProgressCallback,
@@ -102,6 +105,35 @@ class _Plan:
     reference_text: str | None = None
     voice: VoiceInfo | None = None
     warnings: list[str] = field(default_factory=list)
+    surface: str = "core"
+
+
+@dataclass
+class _ChunkAudio:
+    """Audio of one chunk as `_run_chunks` yields it: a streamed window or the whole chunk."""
+
+    chunk_index: int
+    audio: np.ndarray
+    first: bool
+    """The chunk's first audio (a crossfade joins it to the previous chunk)."""
+    codes: int
+    """Codes of the chunk behind the audio so far."""
+    last: bool = False
+
+
+class _ManagedCodec:
+    """XCodec2 decode through the GPU manager (a lease per call, an out-of-memory retry), timed as "decode"."""
+
+    def __init__(self, manager: Any, timings: dict[str, float]) -> None:
+        self._manager = manager
+        self._timings = timings
+
+    def decode(self, codes: list[int]) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self._manager.run_with_oom_retry(XCODEC2, lambda codec: codec.decode(codes))
+        finally:
+            self._timings["decode"] += time.perf_counter() - started
 
 
 class TTSService:
@@ -124,7 +156,9 @@ class TTSService:
             Path(folder).mkdir(parents=True, exist_ok=True)
         self._cleanup_stop = threading.Event()
         self._cleanup_thread: threading.Thread | None = None
-        self.metrics = ServiceMetrics(self.gpu_status, lambda: self.queue_depth)
+        self._engine: GenerationBackend | None = None
+        self._engine_lock = threading.Lock()
+        self.metrics = ServiceMetrics(self.gpu_status, lambda: self.queue_depth, self.engine_status)
 
     # --- synthesis -----------------------------------------------------------------------------------------
 
@@ -157,10 +191,12 @@ class TTSService:
         pieces: list[np.ndarray] = []
         num_codes = 0
         with self.manager.gpu_slot(cancel=cancel):
+            self.metrics.record_queue_wait(plan.surface, time.perf_counter() - started)
             reference, chunks = self._prepare_run(plan, timings, progress)
-            for chunk_audio, chunk_codes in self._run_chunks(plan, reference, chunks, timings, progress, cancel):
-                pieces.append(chunk_audio)
-                num_codes += chunk_codes
+            runner = self._run_chunks(plan, reference, chunks, timings, progress, cancel, windows=False)
+            for piece in runner:
+                pieces.append(piece.audio)
+                num_codes += piece.codes
         audio = crossfade_join(pieces, self._crossfade_samples)
         timings["total"] = time.perf_counter() - started
         result = SynthesisResult(
@@ -193,12 +229,14 @@ class TTSService:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> Iterator[AudioPiece]:
-        """Like synthesize(), but yields audio as each text chunk is done.
+        """Like synthesize(), but yields audio as it is generated: the first piece after STREAM_FIRST_CODES codes
+        (0.3 s of speech by default), then windows that double up to 2 s, chunk after chunk.
 
-        The pieces, concatenated, equal synthesize()'s audio for the same seed (the crossfade tail of a chunk is
-        held back until the next one arrives). The request is checked before the first piece, so a bad request
-        fails when this is called, not while the response streams. Closing the iterator early stops the
-        generation and frees the GPU (counted as cancelled).
+        Every chunk is generated at once in the engine's batch; each is decoded in windows with left context
+        (`llasa.engine.streaming`), so the stream is the same length as synthesize()'s audio for the same seed and
+        close to it (not bit-identical: a one-shot decode sees every code at once). The request is checked before
+        the first piece, so a bad request fails when this is called, not while the response streams. Closing the
+        iterator early cancels the generation at the engine's next step (counted as cancelled).
         """
         try:
             plan = self._plan(request)
@@ -228,15 +266,26 @@ class TTSService:
     def _stream(
         self, plan: _Plan, progress: ProgressCallback | None, cancel: threading.Event | None
     ) -> Iterator[AudioPiece]:
+        started = time.perf_counter()
         timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
         joiner = StreamJoiner(self._crossfade_samples)
+        first_audio_s: float | None = None
         with self.manager.gpu_slot(cancel=cancel):
+            self.metrics.record_queue_wait(plan.surface, time.perf_counter() - started)
             reference, chunks = self._prepare_run(plan, timings, progress)
-            # Closed inside the slot: an abandoned stream gives its leases back before the next job starts.
-            with closing(self._run_chunks(plan, reference, chunks, timings, progress, cancel)) as runner:
-                for index, (chunk_audio, _codes) in enumerate(runner):
-                    ready = joiner.push(chunk_audio)
-                    yield AudioPiece(audio=ready, chunk_index=index, chunks_total=len(chunks), seed=plan.params.seed)
+            # Closed inside the slot: an abandoned stream cancels its sequences before the slot is given back.
+            runner = self._run_chunks(plan, reference, chunks, timings, progress, cancel, windows=True)
+            with closing(runner):
+                for piece in runner:
+                    ready = joiner.push(piece.audio) if piece.first else joiner.push_continued(piece.audio)
+                    if not len(ready):
+                        continue
+                    if first_audio_s is None:
+                        first_audio_s = time.perf_counter() - started
+                        self.metrics.record_first_audio(plan.surface, first_audio_s)
+                    yield AudioPiece(
+                        audio=ready, chunk_index=piece.chunk_index, chunks_total=len(chunks), seed=plan.params.seed
+                    )
         yield AudioPiece(
             audio=joiner.finish(),
             chunk_index=len(chunks) - 1,
@@ -264,6 +313,7 @@ class TTSService:
             text=request.text,
             params=self._resolve_params(request.params),
             language=self._check_language(request.language),
+            surface=request.surface,
         )
         if request.voice:
             plan.voice = self.voices.get(request.voice)
@@ -364,7 +414,7 @@ class TTSService:
                 seconds=len(samples) / SAMPLE_RATE,
                 trimmed=plan.prepared.trimmed,
             )
-        chunks = self._split_text(plan, reference, timings)
+        chunks = self._split_text(plan, reference)
         return reference, chunks
 
     def _voice_codes(self, voice: VoiceInfo, timings: dict[str, float]) -> list[int]:
@@ -380,27 +430,27 @@ class TTSService:
         logger.info("voice %r re-encoded for codec %s", voice.name, self.settings.xcodec2_model)
         return codes
 
-    def _split_text(self, plan: _Plan, reference: _Reference, timings: dict[str, float]) -> list[str]:
+    def _split_text(self, plan: _Plan, reference: _Reference) -> list[str]:
         from llasa.models import LLASA_CONTEXT_TOKENS
 
-        with self._lease(LLASA, timings) as llasa:
-            overhead = len(llasa.build_prompt_ids("", reference.text or None, reference.codes))
-            # What is left of the context for one chunk's text tokens plus its new speech codes (+ the end token).
-            room = LLASA_CONTEXT_TOKENS - overhead - 1
-            if room < MIN_CHUNK_CODES:
-                raise InvalidInput(
-                    f"the reference ({reference.seconds:.1f} s of audio and its transcript) fills "
-                    f"{overhead} of the model's {LLASA_CONTEXT_TOKENS} tokens and leaves no room to speak; "
-                    "use a shorter reference clip or a shorter transcript",
-                    field="reference_audio",
-                )
+        tokenizer = self._tokenizer()
+        overhead = len(build_prompt_ids(tokenizer, "", reference.text or None, reference.codes))
+        # What is left of the context for one chunk's text tokens plus its new speech codes (+ the end token).
+        room = LLASA_CONTEXT_TOKENS - overhead - 1
+        if room < MIN_CHUNK_CODES:
+            raise InvalidInput(
+                f"the reference ({reference.seconds:.1f} s of audio and its transcript) fills "
+                f"{overhead} of the model's {LLASA_CONTEXT_TOKENS} tokens and leaves no room to speak; "
+                "use a shorter reference clip or a shorter transcript",
+                field="reference_audio",
+            )
 
-            def cost(chunk: str) -> int:
-                return llasa.count_text_tokens(" " + chunk) + estimate_speech_codes(chunk)
+        def cost(chunk: str) -> int:
+            return len(tokenizer.encode(" " + chunk, add_special_tokens=False)) + estimate_speech_codes(chunk)
 
-            # Chunks depend on the text and the reference only; max_audio_seconds caps each chunk's generation
-            # (a bound on run-on sampling), it does not change how the text is split.
-            return chunk_text(plan.text, cost=cost, budget=min(room, int(CHUNK_MAX_SECONDS * CODES_PER_SECOND)))
+        # Chunks depend on the text and the reference only; max_audio_seconds caps each chunk's generation
+        # (a bound on run-on sampling), it does not change how the text is split.
+        return chunk_text(plan.text, cost=cost, budget=min(room, int(CHUNK_MAX_SECONDS * CODES_PER_SECOND)))
 
     def _run_chunks(
         self,
@@ -410,74 +460,132 @@ class TTSService:
         timings: dict[str, float],
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
-    ) -> Iterator[tuple[np.ndarray, int]]:
-        """Generate and decode each chunk in turn; yield (16 kHz audio, number of new codes) per chunk."""
-        from llasa.models import LLASA_CONTEXT_TOKENS, GeneratedCodes
+        *,
+        windows: bool,
+    ) -> Iterator[_ChunkAudio]:
+        """Generate every chunk at once in the engine's batch; yield their audio in order.
+
+        With `windows` each chunk's audio comes in streamed windows as its codes arrive (`StreamingDecoder`);
+        without, each chunk is decoded in one piece when its codes are complete (reference and new codes together,
+        the reference's samples cut off exactly), which is the codec's best. Closing the iterator, an error or a
+        set `cancel` cancels every chunk still generating.
+        """
+        from llasa.engine.types import SamplingParams
+        from llasa.models import LLASA_CONTEXT_TOKENS
 
         params = plan.params
         max_codes = int(params.max_audio_seconds * CODES_PER_SECOND)
-        cut = len(reference.codes) * SAMPLES_PER_CODE
-
-        def should_stop() -> bool:
-            return cancel is not None and cancel.is_set()
-
+        tokenizer = self._tokenizer()
+        engine = self._engine_backend()
+        streams: list[CodeStream] = []
         truncated: list[int] = []  # chunks that ran out of tokens before the model ended them
-        # Both leases are held for the whole request so the codec and Llasa are not moved between chunks.
-        with ExitStack() as leases:
-            leases.enter_context(self._lease(XCODEC2, timings))
-            llasa = leases.enter_context(self._lease(LLASA, timings))
-            for index, chunk in enumerate(chunks):
-                if should_stop():
-                    raise Cancelled("the synthesis was cancelled")
-                _notify(progress, index, len(chunks), "generate")
-                prompt_ids = llasa.build_prompt_ids(chunk, reference.text or None, reference.codes)
-                max_new = min(max_codes, LLASA_CONTEXT_TOKENS - len(prompt_ids) - 1)
-                t0 = time.perf_counter()
-                chunk_seed = (params.seed + index) % (MAX_SEED + 1)
-
-                def generate(
-                    model: Any, prompt_ids: list[int] = prompt_ids, max_new: int = max_new, seed: int = chunk_seed
-                ) -> GeneratedCodes:
-                    return model.generate_codes_with_status(
-                        prompt_ids,
-                        max_new_tokens=max_new,
+        try:
+            # The codec's lease is held for the whole request, so it is not moved between windows and chunks.
+            with self._lease(XCODEC2, timings):
+                for index, chunk in enumerate(chunks):
+                    prompt_ids = build_prompt_ids(tokenizer, chunk, reference.text or None, reference.codes)
+                    sampling = SamplingParams(
                         temperature=params.temperature,
                         top_p=params.top_p,
                         top_k=params.top_k,
                         repetition_penalty=params.repetition_penalty,
-                        seed=seed,
-                        should_stop=should_stop,
+                        seed=(params.seed + index) % (MAX_SEED + 1),
+                        max_new_tokens=min(max_codes, LLASA_CONTEXT_TOKENS - len(prompt_ids) - 1),
                     )
-
-                # On CUDA out-of-memory the manager moves idle models out and runs it once more (it is seeded,
-                # so the retry gives the same codes).
-                codes, hit_limit = self.manager.run_with_oom_retry(LLASA, generate)
-                timings["generate"] += time.perf_counter() - t0
-                if hit_limit and codes:
-                    truncated.append(index + 1)
-                if should_stop():
-                    raise Cancelled("the synthesis was cancelled")
-                if not codes:
-                    raise GenerationFailed(
-                        f"the model produced no speech for chunk {index + 1} of {len(chunks)}; "
-                        "try again with another seed or a lower temperature"
-                    )
-                _notify(progress, index, len(chunks), "decode")
-                t0 = time.perf_counter()
-                # Decoding the reference and the new codes together gives a smoother start; the reference's
-                # own samples are then cut off exactly.
-                audio = self.manager.run_with_oom_retry(
-                    XCODEC2, lambda model, codes=codes: model.decode([*reference.codes, *codes])
-                )[cut:]
-                timings["decode"] += time.perf_counter() - t0
-                _notify(progress, index + 1, len(chunks), "chunk_done")
-                yield np.asarray(audio, dtype=np.float32), len(codes)
+                    streams.append(engine.submit(prompt_ids, sampling))
+                self.metrics.record_sequences(plan.surface, len(streams))
+                for index, stream in enumerate(streams):
+                    _notify(progress, index, len(chunks), "generate")
+                    yield from self._chunk_audio(stream, index, len(chunks), reference, timings, cancel, windows)
+                    if stream.finish_reason is FinishReason.LENGTH:
+                        truncated.append(index + 1)
+                    _notify(progress, index + 1, len(chunks), "chunk_done")
+        finally:
+            for stream in streams:
+                stream.cancel()
         if truncated:
             which = "every chunk" if len(truncated) == len(chunks) else f"chunk {', '.join(map(str, truncated))}"
             plan.warnings.append(
                 f"{which} reached max_audio_seconds ({params.max_audio_seconds:g} s) before the model finished "
                 "speaking, so the end may be cut off; raise max_audio_seconds"
             )
+
+    def _chunk_audio(
+        self,
+        stream: CodeStream,
+        index: int,
+        total: int,
+        reference: _Reference,
+        timings: dict[str, float],
+        cancel: threading.Event | None,
+        windows: bool,
+    ) -> Iterator[_ChunkAudio]:
+        """The audio of one chunk's code stream: windows as codes arrive, or one piece at its end."""
+        from llasa.engine.streaming import StreamingConfig, StreamingDecoder
+
+        codec = _ManagedCodec(self.manager, timings)
+        config = StreamingConfig(first_window_codes=self.settings.stream_first_codes)
+        decoder = StreamingDecoder(codec, reference.codes, config) if windows else None
+        read = 0
+        first = True
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the synthesis was cancelled")
+            t0 = time.perf_counter()
+            # Short waits, so a cancel set by another thread (a REST job's DELETE) is seen within 50 ms.
+            new = stream.read_from(read, timeout_s=0.05)
+            timings["generate"] += time.perf_counter() - t0
+            if new:
+                read += len(new)
+                if decoder is not None:
+                    audio = decoder.push(new)
+                    if len(audio):
+                        yield _ChunkAudio(index, audio, first=first, codes=read)
+                        first = False
+                continue
+            if stream.finished:
+                break
+        codes = stream.codes
+        self._raise_for_stream(stream, index, total, codes)
+        if decoder is not None:
+            yield _ChunkAudio(index, decoder.finish(), first=first, codes=len(codes), last=True)
+            return
+        cut = len(reference.codes) * SAMPLES_PER_CODE
+        audio = codec.decode([*reference.codes, *codes])[cut:]
+        yield _ChunkAudio(index, np.asarray(audio, dtype=np.float32), first=True, codes=len(codes), last=True)
+
+    @staticmethod
+    def _raise_for_stream(stream: CodeStream, index: int, total: int, codes: list[int]) -> None:
+        reason = stream.finish_reason
+        if reason is FinishReason.ERROR:
+            error = stream.error
+            if isinstance(error, TTSError):
+                raise error
+            raise GenerationFailed(
+                f"generating chunk {index + 1} of {total} failed ({type(error).__name__}: {error})"
+            ) from error
+        if reason is FinishReason.CANCELLED:
+            raise Cancelled("the synthesis was cancelled")
+        if not codes:
+            raise GenerationFailed(
+                f"the model produced no speech for chunk {index + 1} of {total}; "
+                "try again with another seed or a lower temperature"
+            )
+
+    def _tokenizer(self) -> Any:
+        """The Llasa tokenizer (loaded once; prompts are built here, whichever engine samples them)."""
+        from llasa.models import load_llasa_tokenizer
+
+        return load_llasa_tokenizer(self.settings)
+
+    def _engine_backend(self) -> GenerationBackend:
+        """The engine (LLASA_ENGINE), built at first use: batched generation for every request and chunk."""
+        with self._engine_lock:
+            if self._engine is None:
+                from llasa.engine.factory import build_backend
+
+                self._engine = build_backend(self.settings, self.manager, lookup_token_ids(self._tokenizer()))
+            return self._engine
 
     def _encode(self, samples: np.ndarray) -> list[int]:
         """XCodec2 codes of 16 kHz samples; on CUDA out-of-memory idle models move out and it runs once more."""
@@ -625,8 +733,31 @@ class TTSService:
     # --- GPU control and status ----------------------------------------------------------------------------
 
     def gpu_status(self) -> GPUStatus:
-        """The device, every model, the residency policy and the queue, typed (`llasa.types.GPUStatus`)."""
-        return self.manager.snapshot()
+        """The device, every model, the residency policy, the queue and the engine, typed (`llasa.types.GPUStatus`)."""
+        status = self.manager.snapshot()
+        status.engine = self.engine_status()
+        return status
+
+    def engine_status(self) -> EngineStatus:
+        """What the engine is doing: sequences running and waiting, the batch limit, tokens so far (vLLM: its
+        replicas). Not started until the first synthesis."""
+        backend = self.settings.llasa_engine
+        engine = self._engine
+        if engine is None:
+            return EngineStatus(backend=backend, started=False, ready=True)
+        stats = engine.stats()
+        return EngineStatus(
+            backend=backend,
+            started=True,
+            ready=stats.ready,
+            running=stats.running,
+            waiting=stats.waiting,
+            batch_limit=stats.batch_limit,
+            steps=stats.steps,
+            tokens=stats.tokens,
+            oom_shrinks=stats.oom_shrinks,
+            replicas=list(stats.replicas),
+        )
 
     def offload(self, name: str | None = None) -> dict[str, Any]:
         return self.manager.offload(name)
@@ -664,10 +795,14 @@ class TTSService:
         }
 
     def shutdown(self) -> None:
-        """Stop the output cleanup and release every model (RAM and VRAM come back)."""
+        """Stop the output cleanup and the engine, and release every model (RAM and VRAM come back)."""
         self._cleanup_stop.set()
         if self._cleanup_thread is not None:
             self._cleanup_thread.join(timeout=5)
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
         self.manager.shutdown()
 
 

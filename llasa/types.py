@@ -286,11 +286,38 @@ class ResidencyPolicy:
 
 @dataclass
 class QueueStatus:
-    """The GPU job slot: a job running, how many wait, how many may wait."""
+    """The GPU job slots: any job running, how many wait, how many may wait, how many run of how many slots."""
 
     busy: bool
     depth: int
     max_queue: int
+    running: int = 0
+    slots: int = 1
+
+
+@dataclass
+class EngineStatus:
+    """The engine that samples speech codes (LLASA_ENGINE): its batch now and its totals."""
+
+    backend: str
+    """"transformers" (embedded) or "vllm"."""
+    started: bool
+    """False until the first synthesis builds it."""
+    ready: bool
+    """Can take sequences (vLLM: at least one replica answers)."""
+    running: int = 0
+    """Sequences in the batch now (vLLM: in flight on its servers)."""
+    waiting: int = 0
+    """Sequences queued for a place in the batch."""
+    batch_limit: int = 0
+    """Most sequences one batch holds (MAX_BATCH_SEQUENCES, halved after an out-of-memory until idle)."""
+    steps: int = 0
+    """Decode steps run (each advances every running sequence by one token)."""
+    tokens: int = 0
+    """Tokens sampled since the start."""
+    oom_shrinks: int = 0
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    """vLLM replicas: url, healthy, outstanding, completed, failures, last_error."""
 
 
 @dataclass
@@ -302,6 +329,7 @@ class GPUStatus:
     settings: ResidencyPolicy
     queue: QueueStatus
     monitor_running: bool
+    engine: EngineStatus | None = None
 
     @property
     def busy(self) -> bool:
@@ -312,4 +340,6 @@ class GPUStatus:
         """JSON-ready; the device's missing numbers are left out rather than sent as null."""
         out = asdict(self)
         out["device"] = {key: value for key, value in out["device"].items() if value is not None}
+        if out["engine"] is None:  # the GPU manager's own status: the service adds the engine's
+            del out["engine"]
         return out

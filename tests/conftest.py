@@ -14,7 +14,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,27 @@ def make_settings(tiny_models: Path, tmp_path: Path) -> Callable[..., Settings]:
 def audio_dir() -> Path:
     """tests/data/audio: short speech recordings in several formats (words in its README.md)."""
     return AUDIO_DIR
+
+
+@contextmanager
+def busy_gpu(manager: Any, timeout_s: float = 60.0) -> Iterator[None]:
+    """Hold every GPU job slot (MAX_BATCH_SEQUENCES of them), each from a thread of its own, for the block: the
+    card is busy with other jobs, so a request that arrives now waits in the queue."""
+    release = threading.Event()
+    ready = threading.Barrier(manager.slot_capacity + 1)
+
+    def hold() -> None:
+        with manager.gpu_slot():
+            ready.wait(timeout_s)
+            release.wait(timeout_s)
+
+    holders = [threading.Thread(target=hold, daemon=True) for _ in range(manager.slot_capacity)]
+    for holder in holders:
+        holder.start()
+    ready.wait(timeout_s)
+    try:
+        yield
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join(timeout_s)

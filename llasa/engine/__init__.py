@@ -5,6 +5,6 @@
 into audio windows as they arrive. Importing this package loads no torch: import the submodules you need.
 """
 
-from llasa.engine.types import CodeStream, FinishReason, GenerationBackend, SamplingParams
+from llasa.engine.types import CodeStream, EngineStats, FinishReason, GenerationBackend, SamplingParams
 
-__all__ = ["CodeStream", "FinishReason", "GenerationBackend", "SamplingParams"]
+__all__ = ["CodeStream", "EngineStats", "FinishReason", "GenerationBackend", "SamplingParams"]

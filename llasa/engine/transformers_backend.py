@@ -64,7 +64,7 @@ import torch
 
 from llasa.engine.batch import SPARE_COLUMNS, PaddedBatch
 from llasa.engine.sampling import RowState, SpeechWindow, make_row_state, sample_next
-from llasa.engine.types import CodeStream, FinishReason, SamplingParams
+from llasa.engine.types import CodeStream, EngineStats, FinishReason, SamplingParams
 from llasa.errors import Busy, InvalidInput
 from llasa.prompt import SpeechTokenIds
 
@@ -94,19 +94,6 @@ class _Sequence:
     @property
     def next_input(self) -> int:
         return self.generated_ids[-1]
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    running: int
-    waiting: int
-    steps: int
-    """Decode steps run (each advances every running sequence by one token)."""
-    tokens: int
-    """Tokens sampled, first tokens after prefill included."""
-    batch_limit: int
-    """max_batch_sequences, or less after an out-of-memory shrink (until the engine goes idle)."""
-    oom_shrinks: int
 
 
 def _is_oom(error: BaseException) -> bool:

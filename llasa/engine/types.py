@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -106,11 +107,18 @@ class CodeStream:
             index += len(batch)
             yield from batch
 
-    def read_from(self, index: int) -> list[int]:
-        """Codes from position `index` on: blocks until there is at least one or the stream ended ([] then)."""
+    def read_from(self, index: int, timeout_s: float | None = None) -> list[int]:
+        """Codes from position `index` on: blocks until there is at least one or the stream ended ([] then).
+
+        With `timeout_s`, returns [] after that long without news too (check `finished` to tell the two apart):
+        a reader that must also watch something else (a cancel event) polls with it."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while len(self._codes) <= index and self._finish_reason is None:
-                self._cond.wait()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             return self._codes[index:]
 
     def wait(self) -> FinishReason:
@@ -180,6 +188,27 @@ class CodeStream:
             self._cond.notify_all()
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """A backend's batch now and its totals (the service shows them in the GPU status and /metrics)."""
+
+    running: int
+    """Sequences being generated now."""
+    waiting: int
+    """Sequences queued for a place in the batch."""
+    steps: int
+    """Decode steps run (each advances every running sequence by one token); 0 where the backend cannot tell."""
+    tokens: int
+    """Tokens sampled, first tokens after prefill included."""
+    batch_limit: int
+    """max_batch_sequences, or less after an out-of-memory shrink (until the engine goes idle); 0 = the server's."""
+    oom_shrinks: int
+    ready: bool = True
+    """Can take sequences now (a vLLM backend: at least one replica is believed healthy)."""
+    replicas: tuple[dict, ...] = ()
+    """A vLLM backend's replicas (url, healthy, outstanding, completed, failures, last_error)."""
+
+
 class GenerationBackend(Protocol):
     """The seam between the service and whatever runs the Llasa LM (embedded transformers, a vLLM server)."""
 
@@ -190,4 +219,8 @@ class GenerationBackend(Protocol):
 
     def shutdown(self, *, wait: bool = True) -> None:
         """Stop: every unfinished stream ends with CANCELLED; with `wait`, return after the worker has exited."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """The batch now and the totals so far."""
         ...

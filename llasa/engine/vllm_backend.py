@@ -28,7 +28,7 @@ from typing import Any
 
 import requests
 
-from llasa.engine.types import CodeStream, FinishReason, SamplingParams
+from llasa.engine.types import CodeStream, EngineStats, FinishReason, SamplingParams
 from llasa.errors import Busy, InvalidInput, ModelUnavailable, TTSError
 from llasa.prompt import NUM_SPEECH_CODES, SpeechTokenIds
 
@@ -102,6 +102,7 @@ class VLLMBackend:
         self._threads: set[threading.Thread] = set()
         self._streams: set[CodeStream] = set()
         self._shutdown = False
+        self._tokens = 0
 
     # --- GenerationBackend ---------------------------------------------------------------------------------------
 
@@ -155,6 +156,22 @@ class VLLMBackend:
         with self._lock:
             replicas = [replica.status(now) for replica in self.replicas]
         return {"engine": self.name, "ready": any(r["healthy"] for r in replicas), "replicas": replicas}
+
+    def stats(self) -> EngineStats:
+        now = self._clock()
+        with self._lock:
+            replicas = tuple(replica.status(now) for replica in self.replicas)
+            tokens = self._tokens
+        return EngineStats(
+            running=sum(r["outstanding"] for r in replicas),
+            waiting=0,  # the servers queue; their own /metrics say how many wait
+            steps=0,
+            tokens=tokens,
+            batch_limit=0,
+            oom_shrinks=0,
+            ready=any(r["healthy"] for r in replicas),
+            replicas=replicas,
+        )
 
     def check_health(self) -> bool:
         """Ask every replica's /health now (marking each healthy or not); True if any answers."""
@@ -317,6 +334,8 @@ class VLLMBackend:
                     ]
                     if codes:
                         stream.push(codes)
+                        with self._lock:
+                            self._tokens += len(codes)
                     if choice.get("finish_reason"):
                         reason = _FINISH_REASONS.get(choice["finish_reason"], FinishReason.ERROR)
         except (requests.RequestException, ValueError, AttributeError) as e:

@@ -160,11 +160,9 @@ class MultiModelGPUManager(MovesMixin, AdmissionMixin, GPUSlotMixin, StatusMixin
         self._closed = False
 
         self._slot_lock = threading.Lock()
-        self._slot_busy = False
-        self._slot_owner: int | None = None
-        self._slot_depth = 0
+        self._slot_holders = {}
+        self._slot_started_s = {}
         self._slot_waiters = deque()
-        self._job_started_s = 0.0
         self._job_durations_s: deque[float] = deque(maxlen=20)
 
         self._monitor_thread: threading.Thread | None = None

@@ -98,7 +98,13 @@ class StatusMixin(ManagerBase):
             models = {name: self._model_status_locked(e, now) for name, e in self._entries.items()}
             policy = self._policy_locked()
         with self._slot_lock:
-            queue = QueueStatus(busy=self._slot_busy, depth=len(self._slot_waiters), max_queue=self.settings.max_queue)
+            queue = QueueStatus(
+                busy=bool(self._slot_holders),
+                depth=len(self._slot_waiters),
+                max_queue=self.settings.max_queue,
+                running=len(self._slot_holders),
+                slots=self.slot_capacity,
+            )
         thread = self._monitor_thread
         return GPUStatus(
             device=device,

@@ -29,6 +29,7 @@ from llasa.models.llasa_lm import (
     LlasaModel,
     SpeechOnlyLogitsProcessor,
     load_llasa,
+    load_llasa_tokenizer,
 )
 from llasa.models.whisper import WhisperTranscriber, load_whisper
 from llasa.models.xcodec2 import XCodec2Codec, load_xcodec2
@@ -51,6 +52,7 @@ __all__ = [
     "WhisperTranscriber",
     "XCodec2Codec",
     "load_llasa",
+    "load_llasa_tokenizer",
     "load_whisper",
     "load_xcodec2",
     "register_models",

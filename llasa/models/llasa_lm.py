@@ -234,6 +234,28 @@ class LlasaModel:
         return GeneratedCodes(prompt.parse_speech_ids(new_ids, self.token_ids), hit_limit)
 
 
+LLASA_TOKENIZER_FILES = ["*.json", "*.jinja", "tokenizer*"]
+
+
+def load_llasa_tokenizer(settings: Settings) -> Any:
+    """LLASA_MODEL's tokenizer alone (cached per folder), for building prompts without the weights: the engine may
+    run the LM elsewhere (a vLLM server). Raises ModelUnavailable when it is missing or is not a Llasa one."""
+    folder = resolve_model_dir(
+        settings.llasa_model, settings, variable="LLASA_MODEL", what="Llasa", allow_patterns=LLASA_TOKENIZER_FILES
+    )
+    try:
+        tokenizer = _load_tokenizer(folder)
+        prompt.lookup_token_ids(tokenizer)
+    except ValueError as e:
+        raise ModelUnavailable(f"{settings.llasa_model} is not a Llasa checkpoint ({e}); check LLASA_MODEL") from e
+    except Exception as e:
+        raise ModelUnavailable(
+            f"the tokenizer of Llasa checkpoint {settings.llasa_model} could not be loaded ({type(e).__name__}: "
+            f"{e}); set LLASA_MODEL to a folder holding a complete Llasa checkpoint or to its hub id"
+        ) from e
+    return tokenizer
+
+
 def load_llasa(settings: Settings, device: str) -> LlasaModel:
     """Load LLASA_MODEL onto `device` ("cuda:0" in bf16, "cpu" in fp32)."""
     from transformers import AutoModelForCausalLM

@@ -99,6 +99,8 @@ class CountingLoader:
 
 def make_manager(clock: FakeClock | None = None, **overrides: Any) -> MultiModelGPUManager:
     memory_probe = overrides.pop("memory_probe", None)
+    # One job slot unless a test asks for more: the queue tests below are about jobs that must wait.
+    overrides.setdefault("max_batch_sequences", 1)
     settings = Settings(_env_file=None, device="cpu", **overrides)
     return MultiModelGPUManager(settings, clock=clock or FakeClock(), memory_probe=memory_probe, collect_garbage=False)
 
@@ -381,7 +383,7 @@ def test_gpu_slot_is_reentrant_in_its_thread() -> None:
     with manager.gpu_slot(), manager.gpu_slot(), manager.use("m"):
         pass
     assert state(manager, "m") == "cpu"
-    assert manager.status()["queue"] == {"busy": False, "depth": 0, "max_queue": 16}
+    assert manager.status()["queue"] == {"busy": False, "depth": 0, "max_queue": 16, "running": 0, "slots": 1}
 
 
 # ------------------------------------------------------------------------------------------------ manual moves

@@ -146,6 +146,8 @@ class Registry:
 
 
 def make_manager(**overrides: Any) -> MultiModelGPUManager:
+    # One job slot unless a test asks for more: most tests below are about jobs that must wait for the card.
+    overrides.setdefault("max_batch_sequences", 1)
     settings = Settings(_env_file=None, device="cpu", **overrides)
     return MultiModelGPUManager(settings, collect_garbage=False)
 
@@ -312,7 +314,7 @@ def test_gpu_slot_queue_full_past_max_queue_then_fifo() -> None:
         waiter.start()
         wait_until(lambda n=index + 1: manager.queue_depth == n, what=f"{index + 1} waiters")
         waiters.append(waiter)
-    assert manager.status()["queue"] == {"busy": True, "depth": 2, "max_queue": 2}
+    assert manager.status()["queue"] == {"busy": True, "depth": 2, "max_queue": 2, "running": 1, "slots": 1}
 
     with pytest.raises(QueueFull) as info, manager.gpu_slot():
         pass
@@ -406,10 +408,10 @@ def test_gpu_slot_entered_while_handling_an_exception_keeps_the_slot_until_the_j
     job_ends = 0
     real_end_job = manager._end_job
 
-    def counting_end_job() -> None:
+    def counting_end_job(owner: int) -> None:
         nonlocal job_ends
         job_ends += 1
-        real_end_job()
+        real_end_job(owner)
 
     manager._end_job = counting_end_job  # type: ignore[method-assign]  # a spy: the real method still runs
     entered, leave = threading.Event(), threading.Event()
@@ -449,13 +451,13 @@ def test_gpu_slot_entered_while_handling_an_exception_keeps_the_slot_until_the_j
 
     # During the fallback job the slot was its own: busy, the next job still queued, no extra job end.
     assert seen_in_job == {
-        "queue": {"busy": True, "depth": 1, "max_queue": 4},
+        "queue": {"busy": True, "depth": 1, "max_queue": 4, "running": 1, "slots": 1},
         "ends": 1,  # the holder's
         "order": ["fallback start"],
     }
     assert order == ["fallback start", "fallback end", "next"]
     assert job_ends == 3  # holder, fallback, next: one each
-    assert manager.status()["queue"] == {"busy": False, "depth": 0, "max_queue": 4}
+    assert manager.status()["queue"] == {"busy": False, "depth": 0, "max_queue": 4, "running": 0, "slots": 1}
 
 
 class InterruptedEvent(threading.Event):
@@ -491,10 +493,16 @@ def test_gpu_slot_wait_interrupted_leaves_the_queue_or_passes_the_slot_on(
     with pytest.raises(KeyboardInterrupt):
         interrupted.finish()
     if not after_grant:
-        assert manager.status()["queue"] == {"busy": True, "depth": 0, "max_queue": 4}  # it left the queue
+        assert manager.status()["queue"] == {
+            "busy": True,
+            "depth": 0,
+            "max_queue": 4,
+            "running": 1,
+            "slots": 1,
+        }  # it left
         leave.set()
     holder.finish()
-    assert manager.status()["queue"] == {"busy": False, "depth": 0, "max_queue": 4}
+    assert manager.status()["queue"] == {"busy": False, "depth": 0, "max_queue": 4, "running": 0, "slots": 1}
     monkeypatch.undo()
     with manager.gpu_slot(timeout_s=1):  # the slot is free: nobody holds it for the interrupted request
         pass
@@ -621,3 +629,45 @@ def test_stress_leases_never_race_the_monitor() -> None:
     assert total["offloads"] > 10
     assert total["releases"] > 10
     assert total["loads"] == total["releases"]
+
+
+def test_max_batch_sequences_jobs_run_together_and_the_next_waits() -> None:
+    """MAX_BATCH_SEQUENCES slots: that many jobs hold one at once (their chunks share the engine's batch), the
+    next waits first come first served, and gets a slot as soon as any job ends."""
+    manager = make_manager(max_batch_sequences=3, max_queue=2)
+    inside = threading.Barrier(4)
+    release = [threading.Event() for _ in range(3)]
+
+    def job(index: int) -> None:
+        with manager.gpu_slot():
+            inside.wait(10)
+            release[index].wait(10)
+
+    holders = [threading.Thread(target=job, args=(i,)) for i in range(3)]
+    for holder in holders:
+        holder.start()
+    inside.wait(10)  # three jobs inside at once
+    status = manager.status()["queue"]
+    assert status == {"busy": True, "depth": 0, "max_queue": 2, "running": 3, "slots": 3}
+    got_in = threading.Event()
+
+    def fourth() -> None:
+        with manager.gpu_slot():
+            got_in.set()
+
+    waiter = threading.Thread(target=fourth)
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while manager.queue_depth != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not got_in.is_set()
+    release[1].set()  # any job ending frees a slot for the waiter
+    assert got_in.wait(10)
+    waiter.join(10)
+    release[0].set()
+    release[2].set()
+    for holder in holders:
+        holder.join(10)
+    assert manager.status()["queue"]["running"] == 0
+    manager.shutdown()

@@ -1,8 +1,9 @@
 """The REST API under load and misuse, over real HTTP on 127.0.0.1 against the real TTSService (tiny checkpoints):
 API keys, the GPU queue's 429, 16 concurrent clients, clients that hang up mid-synthesis, and internal errors.
 
-The GPU slot held by a test below is the real manager's (`service.manager.gpu_slot()`), the one every request
-waits for: holding it makes "the card is busy" deterministic instead of a race against the clock.
+The GPU slots held by a test below are the real manager's (`service.manager.gpu_slot()`, every one of them, via
+conftest's `busy_gpu`), the ones every request waits for: holding them makes "the card is busy" deterministic
+instead of a race against the clock.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import openai
 import pytest
 import requests
 import soundfile
-from conftest import tiny_settings
+from conftest import busy_gpu, tiny_settings
 
 from api_server import RunningServer, create_app
 from llasa.config import Settings
@@ -198,7 +199,7 @@ def test_full_queue_answers_429_with_retry_after(make_settings: Callable[..., Se
     try:
         results: dict[int, requests.Response] = {}
         with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-            with served.service.manager.gpu_slot():  # the card is busy with someone else's job
+            with busy_gpu(served.service.manager):  # the card is busy with other jobs
                 futures = [pool.submit(tts_request, served.url, i) for i in range(CLIENTS)]
 
                 def settled() -> bool:
@@ -406,7 +407,7 @@ def test_accepted_job_waits_for_room_in_a_full_gpu_queue(make_settings: Callable
         return requests.get(served.url + f"/api/jobs/{job_id}", timeout=TIMEOUT_S).json()
 
     try:
-        with manager.gpu_slot():  # the card is busy...
+        with busy_gpu(manager):  # the card is busy...
             waiter = threading.Thread(target=wait_in_queue, daemon=True)
             waiter.start()
             wait_for(lambda: served.service.queue_depth == 1, "the queue to fill")  # ...and its queue is full
@@ -426,7 +427,7 @@ def test_accepted_job_waits_for_room_in_a_full_gpu_queue(make_settings: Callable
         assert finished["error"] is None
         assert requests.get(finished["output"]["url"], timeout=TIMEOUT_S).status_code == 200
         # A job cancelled while it waits for room in the queue ends cancelled, not failed.
-        with manager.gpu_slot():
+        with busy_gpu(manager):
             waiter = threading.Thread(target=wait_in_queue, daemon=True)
             waiter.start()
             wait_for(lambda: served.service.queue_depth == 1, "the queue to fill again")
