@@ -126,7 +126,7 @@ def long_text(url: str, seconds_per_chunk: float) -> dict[str, float]:
     )
     response.raise_for_status()
     whole_s = time.perf_counter() - response_started
-    chunks = int(response.json()["chunks"])
+    chunks = int(response.json()["result"]["chunks"])
     return {
         "whole": whole_s,
         "sequential": sequential_s,
