@@ -14,7 +14,7 @@ sequence is running or waiting, so a GPU manager can hold the weights on the GPU
 Why a hand-written step loop rather than transformers' own continuous batching (`generate_batch`,
 `init_continuous_batching`, paged attention): measured on the 2-core CPU of the development machine on the same
 prompts (`bench/bench_engine.py --hf-continuous-batching`, bench/RESULTS.md), `generate_batch` gave 5-8 tokens/s
-for 1 sequence and 67-138 for 16, against 308-602 and 976-2176 for this loop (ENVIRONMENT.md had found the same gap
+for 1 sequence and 67-138 for 16, against 308-638 and 976-2176 for this loop (ENVIRONMENT.md had found the same gap
 against a plain batched `generate`); it also samples through one generation config for the whole batch, with no
 per-request generator or logits mask, so per-sequence seeds and the speech-only mask would need its internals
 anyway. This loop is HF `generate`'s left-padded batched path (SDPA, a `DynamicCache`) with joins and leaves
