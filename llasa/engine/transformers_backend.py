@@ -109,6 +109,19 @@ class EngineStats:
     oom_shrinks: int
 
 
+def _unwrap(leased: Any, token_ids: SpeechTokenIds | None) -> tuple[Any, SpeechTokenIds]:
+    """The causal LM and speech ids from what a lease yields: the LM itself, or a wrapper with `.model` and
+    `.token_ids` (`LlasaModel`)."""
+    model = leased if hasattr(leased, "get_decoder") else getattr(leased, "model", None)
+    ids = token_ids or getattr(leased, "token_ids", None)
+    if model is None or not hasattr(model, "get_decoder") or ids is None:
+        raise TypeError(
+            f"the model lease yielded {type(leased).__name__}: expected a causal LM (with token_ids given to the "
+            "engine) or an object with .model and .token_ids"
+        )
+    return model, ids
+
+
 def _is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError)
 
@@ -116,8 +129,10 @@ def _is_oom(error: BaseException) -> bool:
 class TransformersEngine:
     """Continuous-batching generation backend over an in-process Llasa LM (`GenerationBackend`).
 
-    `model_lease()` returns a context manager yielding the `LlamaForCausalLM` (it may move between leases; it is
-    not used outside one). `token_ids` are the tokenizer's speech ids (`llasa.prompt.lookup_token_ids`).
+    `model_lease()` returns a context manager yielding the `LlamaForCausalLM`, or an object holding it as `.model`
+    with its speech ids as `.token_ids` (the service's `LlasaModel`, so `lambda: manager.use("llasa")` works as
+    it is). The model may move between leases; it is not used outside one. `token_ids` are the tokenizer's speech
+    ids (`llasa.prompt.lookup_token_ids`); None takes them from the leased object.
     `kv_cache_bytes` bounds the padded KV cache (rows x (longest prompt + cap + 128 spare) x bytes per token);
     None = no bound but `max_batch_sequences`. `context_tokens` caps prompt + new tokens (Llasa: 2048).
     `step_hook(phase, rows)` runs before every forward (tests inject out-of-memory errors there). The worker
@@ -127,7 +142,7 @@ class TransformersEngine:
     def __init__(
         self,
         model_lease: ModelLease,
-        token_ids: SpeechTokenIds,
+        token_ids: SpeechTokenIds | None = None,
         *,
         max_batch_sequences: int = 16,
         kv_cache_bytes: int | None = None,
@@ -254,7 +269,7 @@ class TransformersEngine:
 
     def _serve(self, model: Any) -> None:
         """Run steps until nothing is running or waiting (or shutdown); the caller holds the model's lease."""
-        runner = _Runner(model, self._token_ids)
+        runner = _Runner(*_unwrap(model, self._token_ids))
         try:
             while True:
                 with self._cond:
