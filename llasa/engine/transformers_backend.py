@@ -14,7 +14,7 @@ sequence is running or waiting, so a GPU manager can hold the weights on the GPU
 Why a hand-written step loop rather than transformers' own continuous batching (`generate_batch`,
 `init_continuous_batching`, paged attention): measured on the 2-core CPU of the development machine on the same
 prompts (`bench/bench_engine.py --hf-continuous-batching`, bench/RESULTS.md), `generate_batch` gave 5-8 tokens/s
-for 1 sequence and 67-138 for 16, against 308-602 and 976-2176 for this loop (ENVIRONMENT.md had found the same gap
+for 1 sequence and 67-138 for 16, against 308-638 and 976-2176 for this loop (ENVIRONMENT.md had found the same gap
 against a plain batched `generate`); it also samples through one generation config for the whole batch, with no
 per-request generator or logits mask, so per-sequence seeds and the speech-only mask would need its internals
 anyway. This loop is HF `generate`'s left-padded batched path (SDPA, a `DynamicCache`) with joins and leaves
@@ -96,6 +96,19 @@ class _Sequence:
         return self.generated_ids[-1]
 
 
+def _unwrap(leased: Any, token_ids: SpeechTokenIds | None) -> tuple[Any, SpeechTokenIds]:
+    """The causal LM and speech ids from what a lease yields: the LM itself, or a wrapper with `.model` and
+    `.token_ids` (`LlasaModel`)."""
+    model = leased if hasattr(leased, "get_decoder") else getattr(leased, "model", None)
+    ids = token_ids or getattr(leased, "token_ids", None)
+    if model is None or not hasattr(model, "get_decoder") or ids is None:
+        raise TypeError(
+            f"the model lease yielded {type(leased).__name__}: expected a causal LM (with token_ids given to the "
+            "engine) or an object with .model and .token_ids"
+        )
+    return model, ids
+
+
 def _is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError)
 
@@ -103,8 +116,10 @@ def _is_oom(error: BaseException) -> bool:
 class TransformersEngine:
     """Continuous-batching generation backend over an in-process Llasa LM (`GenerationBackend`).
 
-    `model_lease()` returns a context manager yielding the `LlamaForCausalLM` (it may move between leases; it is
-    not used outside one). `token_ids` are the tokenizer's speech ids (`llasa.prompt.lookup_token_ids`).
+    `model_lease()` returns a context manager yielding the `LlamaForCausalLM`, or an object holding it as `.model`
+    with its speech ids as `.token_ids` (the service's `LlasaModel`, so `lambda: manager.use("llasa")` works as
+    it is). The model may move between leases; it is not used outside one. `token_ids` are the tokenizer's speech
+    ids (`llasa.prompt.lookup_token_ids`); None takes them from the leased object.
     `kv_cache_bytes` bounds the padded KV cache (rows x (longest prompt + cap + 128 spare) x bytes per token);
     None = no bound but `max_batch_sequences`. `context_tokens` caps prompt + new tokens (Llasa: 2048).
     `step_hook(phase, rows)` runs before every forward (tests inject out-of-memory errors there). The worker
@@ -114,7 +129,7 @@ class TransformersEngine:
     def __init__(
         self,
         model_lease: ModelLease,
-        token_ids: SpeechTokenIds,
+        token_ids: SpeechTokenIds | None = None,
         *,
         max_batch_sequences: int = 16,
         kv_cache_bytes: int | None = None,
@@ -241,7 +256,7 @@ class TransformersEngine:
 
     def _serve(self, model: Any) -> None:
         """Run steps until nothing is running or waiting (or shutdown); the caller holds the model's lease."""
-        runner = _Runner(model, self._token_ids)
+        runner = _Runner(*_unwrap(model, self._token_ids))
         try:
             while True:
                 with self._cond:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -636,6 +637,29 @@ def test_a_queued_sequence_is_cancelled_while_the_model_is_not_yet_leased(make_e
     granted.set()
     assert kept.wait() is FinishReason.LENGTH
     assert len(kept.codes) == 5
+
+
+def test_a_lease_may_yield_the_services_model_wrapper(llasa_parts, prompts) -> None:
+    # The GPU manager's `use("llasa")` yields LlasaModel: the LM as `.model`, the speech ids as `.token_ids`.
+    model, _, ids = llasa_parts
+    wrapper = SimpleNamespace(model=model, token_ids=ids)
+    engine = TransformersEngine(lambda: contextlib.nullcontext(wrapper))
+    try:
+        codes, reason = run_alone(engine, prompts[0], SamplingParams(seed=3, max_new_tokens=12))
+    finally:
+        engine.shutdown()
+    direct = TransformersEngine(lambda: contextlib.nullcontext(model), ids)
+    try:
+        assert (codes, reason) == run_alone(direct, prompts[0], SamplingParams(seed=3, max_new_tokens=12))
+    finally:
+        direct.shutdown()
+    confused = TransformersEngine(lambda: contextlib.nullcontext(object()))
+    try:
+        stream = confused.submit(prompts[0], SamplingParams())
+        assert stream.wait() is FinishReason.ERROR
+        assert isinstance(stream.error, TypeError)
+    finally:
+        confused.shutdown()
 
 
 def test_a_failing_lease_fails_the_waiting_sequences(make_engine, prompts) -> None:
