@@ -16,6 +16,9 @@ from llasa.text import normalize_text, refuse_control_markup
 # The units live in llasa/units.py; they are re-exported here, where the rest of the code has always found them.
 from llasa.units import CODES_PER_SECOND, MAX_SEED, SAMPLE_RATE, SAMPLES_PER_CODE  # noqa: F401
 
+MODEL_NAMES = ("llasa", "xcodec2", "whisper")
+"""The models the service registers with the GPU manager, in the order every status lists them."""
+
 #: What every audio input may be: encoded file bytes, or a path to a file.
 AudioSource = bytes | bytearray | str | Path
 
