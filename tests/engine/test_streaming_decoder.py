@@ -15,7 +15,7 @@ from llasa.engine.streaming import StreamingConfig, StreamingDecoder
 from llasa.models import XCodec2Codec, load_xcodec2
 from llasa.types import SAMPLES_PER_CODE
 
-AUDIO = Path(__file__).resolve().parent / "data" / "audio"
+AUDIO = Path(__file__).resolve().parents[1] / "data" / "audio"
 
 
 class LocalCodec:
