@@ -18,6 +18,11 @@ llasa_ensure_venv "$repo_dir" || exit 1
 cache_root=$LLASA_CACHE_ROOT
 export PATH="$LLASA_VENV_DIR/bin:$PATH"
 
+#    vLLM's CPU build in a second virtualenv, for the LLASA_ENGINE=vllm tests against a real vLLM server.
+# shellcheck source=scripts/vllm_venv.sh
+source "$repo_dir/scripts/vllm_venv.sh"
+llasa_ensure_vllm_venv "$repo_dir" || exit 1
+
 # 2. System tools the tests drive: headless Chromium for the browser test, and a CJK font so its screenshots
 #    show the Chinese UI as text (Debian packages).
 if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi wqy; then

@@ -24,7 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-SCRIPTS = ["start.sh", "stop.sh", "scripts/venv.sh", "test_all.sh", ".ci/run"]
+SCRIPTS = ["start.sh", "stop.sh", "scripts/venv.sh", "scripts/vllm_venv.sh", "test_all.sh", ".ci/run"]
 # Commands start.sh's functions use; the "no nvidia-smi" case runs with a PATH holding only these.
 BASE_TOOLS = ["bash", "env", "awk", "paste", "head", "tail", "cat", "grep", "sed", "sha256sum", "cut", "tr"]
 BASE_TOOLS += ["mktemp", "mv", "cp", "rm", "mkdir", "id", "sleep", "dirname", "timeout"]

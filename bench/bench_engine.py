@@ -1,0 +1,406 @@
+"""Engine benchmark: continuous batching against one-after-another generation, and streaming's first audio.
+
+    python bench/bench_engine.py                                  # tiny checkpoints, CPU
+    python bench/bench_engine.py --snr-grid                       # + streaming SNR over context / look-ahead
+    python bench/bench_engine.py --device cuda --llasa-8b-shape   # random Llasa-8B-shaped model in bf16 (GPU)
+
+Part 1, throughput: at each concurrency N, N sequences (distinct prompts' seeds, `--new-tokens` each) submitted
+at once to `TransformersEngine`, against the same sequences run one after another through
+`LlasaModel.generate_codes_with_status` (HF `generate`, what the service runs today), in the same run and
+interleaved. Prints aggregate tokens/s and audio seconds per wall second (50 codes = 1 s) and the ratio; the
+issue's goal is >= 2.5x at 8 on the 2-core CPU. Both sides count every sampled token, the end token included.
+With `--baseline-sequences K` the one-after-another side runs K sequences and its rate stands for all N (it does
+not depend on N; on a GPU the 8B baseline at 64 sequences would take too long).
+
+Part 2, streaming: one sequence of `--stream-codes` codes (500 = a 10 s chunk) through the engine into
+`StreamingDecoder`, reading codes as they come: time to the first audio window / total time (goal <= 0.10).
+
+Part 3 (`--snr-grid`): SNR of streamed audio against a one-shot decode of the same codes, on the tiny codec, over
+context and look-ahead (the measurement the streaming defaults were chosen by).
+
+Part 4 (`--hf-continuous-batching`): transformers' own `generate_batch` on the same prompts, for the choice
+recorded in `llasa/engine/transformers_backend.py`.
+
+`--llasa-8b-shape` builds `LlamaForCausalLM` with Llasa-8B's exact config (hidden 4096, 32 layers, 32 heads,
+8 KV heads, intermediate 14336, vocabulary 193,800, rope theta 500000) with random bf16 weights, and the token ids
+of the real Llasa tokenizer layout; the baseline is then HF `generate` with the speech-only mask (the body of
+`generate_codes_with_status`), and part 2 decodes with a random XCodec2 of the real codec's shape (float32). It
+refuses to run on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CODES_PER_SECOND = 50
+
+
+def _tiny_models() -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import build_cached_tiny_models
+
+    return build_cached_tiny_models(Path(os.environ.get("LLASA_CACHE_DIR", Path.home() / ".cache" / "llasa-tts")))
+
+
+@dataclass
+class Subject:
+    """What the benchmark runs: the HF model, its speech ids, prompts, and the one-at-a-time baseline."""
+
+    model: Any
+    token_ids: Any
+    prompts: list[list[int]]
+    baseline: Callable[[list[int], int, int], int]
+    """baseline(prompt, seed, max_new_tokens) -> tokens sampled (end token included)."""
+    codec: Any = None
+    reference_codes: list[int] | None = None
+
+
+def _tiny_subject(models: Path, device: str) -> Subject:
+    from llasa.audio import load_audio
+    from llasa.config import Settings
+    from llasa.models import load_llasa, load_xcodec2
+
+    settings = Settings(
+        _env_file=None, llasa_model=str(models / "llasa"), xcodec2_model=str(models / "xcodec2"), device=device
+    )
+    llasa = load_llasa(settings, device)
+    codec = load_xcodec2(settings, device)
+    reference = codec.encode(load_audio(REPO / "tests" / "data" / "audio" / "en_16k_mono.wav")[: 3 * 16000])
+    texts = ["The benchmark reads this sentence aloud.", "A second voice says something else.", "第三个句子。"]
+    prompts = [llasa.build_prompt_ids(t, "The quick brown fox jumps over the lazy dog.", reference) for t in texts]
+
+    def baseline(prompt_ids: list[int], seed: int, max_new_tokens: int) -> int:
+        codes, hit_limit = llasa.generate_codes_with_status(
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=0.8,
+            top_p=1.0,
+            top_k=50,
+            repetition_penalty=1.0,
+            seed=seed,
+        )
+        return len(codes) + (0 if hit_limit else 1)
+
+    return Subject(llasa.model, llasa.token_ids, prompts, baseline, codec, reference)
+
+
+def llasa_8b_config() -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=193_800,
+        rope_theta=500_000.0,
+        max_position_embeddings=131_072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=128_000,
+        eos_token_id=128_001,
+    )
+
+
+def _llasa_8b_subject(device: str) -> Subject:
+    import torch
+    from transformers import LlamaForCausalLM, LogitsProcessorList
+
+    from llasa.models import SpeechOnlyLogitsProcessor
+    from llasa.prompt import SpeechTokenIds
+
+    if not device.startswith("cuda"):
+        raise SystemExit("--llasa-8b-shape needs --device cuda: 16 GB of bf16 weights is not a CPU benchmark")
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(llasa_8b_config(), dtype=torch.bfloat16).eval()
+    # The real Llasa tokenizer's layout (DESIGN.md): a random model has no tokenizer to look them up in.
+    ids = SpeechTokenIds(speech_start_id=128_260, speech_end_id=128_261, first_speech_id=128_264)
+    generator = torch.Generator().manual_seed(0)
+    # ~ the size of a real prompt: 3 s of reference codes (150) after ~100 text and template tokens
+    prompts = []
+    for _ in range(3):
+        text = torch.randint(0, 128_000, (100,), generator=generator).tolist()
+        reference = (ids.first_speech_id + torch.randint(0, 65_536, (150,), generator=generator)).tolist()
+        prompts.append([*text, ids.speech_start_id, *reference])
+    mask = torch.full((193_800,), float("-inf"), device=device)
+    mask[ids.first_speech_id : ids.last_speech_id + 1] = 0
+    mask[ids.speech_end_id] = 0
+
+    def baseline(prompt_ids: list[int], seed: int, max_new_tokens: int) -> int:
+        input_ids = torch.tensor([prompt_ids], device=device)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                do_sample=True,
+                temperature=0.8,
+                top_p=1.0,
+                top_k=50,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=ids.speech_end_id,
+                pad_token_id=ids.speech_end_id,
+                logits_processor=LogitsProcessorList([SpeechOnlyLogitsProcessor(mask)]),
+            )
+        return int(out.shape[1] - input_ids.shape[1])
+
+    # A random XCodec2 of the real checkpoint's shape (the default config: decoder hidden 1024, 12 layers), in
+    # float32 as the service runs it: for the time to first audio, not for sound.
+    from transformers import Xcodec2Config, Xcodec2Model
+
+    with torch.device(device):
+        codec_model = Xcodec2Model(Xcodec2Config()).eval()
+    reference = torch.randint(0, 65_536, (150,), generator=generator).tolist()
+    return Subject(model, ids, prompts, baseline, RawCodec(codec_model), reference)
+
+
+class RawCodec:
+    """`decode(codes)` straight on a native `Xcodec2Model` (what `XCodec2Codec.decode` does, minus its checks)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def decode(self, codes: list[int]) -> Any:
+        import torch
+
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            indices = torch.tensor(codes, dtype=torch.long, device=device).view(1, 1, -1)
+            return self.model.decode(audio_codes=indices).audio_values[0, 0].float().cpu().numpy()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _engine_run(engine: Any, subject: Subject, n: int, new_tokens: int, round_index: int) -> tuple[int, float]:
+    from llasa.engine.types import FinishReason, SamplingParams
+
+    started = time.perf_counter()
+    streams = [
+        engine.submit(
+            subject.prompts[i % len(subject.prompts)],
+            SamplingParams(temperature=0.8, top_k=50, seed=1000 * round_index + i, max_new_tokens=new_tokens),
+        )
+        for i in range(n)
+    ]
+    tokens = 0
+    for stream in streams:
+        reason = stream.wait()
+        if reason is FinishReason.ERROR:
+            raise RuntimeError(f"engine sequence failed: {stream.error}")
+        tokens += len(stream.codes) + (1 if reason is FinishReason.END_TOKEN else 0)
+    return tokens, time.perf_counter() - started
+
+
+def _baseline_run(subject: Subject, n: int, new_tokens: int, round_index: int, device: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    tokens = sum(
+        subject.baseline(subject.prompts[i % len(subject.prompts)], 1000 * round_index + i, new_tokens)
+        for i in range(n)
+    )
+    _sync(device)
+    return tokens, time.perf_counter() - started
+
+
+def throughput(engine: Any, subject: Subject, args: argparse.Namespace) -> list[dict[str, float]]:
+    rows = []
+    for n in args.concurrency:
+        engine_rates, base_rates = [], []
+        for r in range(args.runs):
+            base_n = args.baseline_sequences or n
+            # alternate which side goes first, so neither always runs on a warmer machine
+            order = ["engine", "baseline"] if r % 2 == 0 else ["baseline", "engine"]
+            for side in order:
+                if side == "engine":
+                    tokens, seconds = _engine_run(engine, subject, n, args.new_tokens, r)
+                    engine_rates.append(tokens / seconds)
+                else:
+                    tokens, seconds = _baseline_run(subject, base_n, args.new_tokens, r, args.device)
+                    base_rates.append(tokens / seconds)
+        eng, base = statistics.median(engine_rates), statistics.median(base_rates)
+        rows.append({"n": n, "engine": eng, "baseline": base, "ratio": eng / base})
+        print(
+            f"  N={n:3d}: engine {eng:8.1f} tok/s ({eng / CODES_PER_SECOND:6.2f} audio-s/s)   "
+            f"one-after-another {base:8.1f} tok/s   ratio {eng / base:5.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def first_window(engine: Any, subject: Subject, codes: int, concurrency: int) -> dict[str, float]:
+    """Time to the first streamed audio window / total, for one `codes`-long sequence (others alongside)."""
+    from llasa.engine.streaming import StreamingDecoder
+    from llasa.engine.types import SamplingParams
+
+    others = [
+        engine.submit(subject.prompts[1], SamplingParams(seed=50 + i, max_new_tokens=codes))
+        for i in range(concurrency - 1)
+    ]
+    decoder = StreamingDecoder(subject.codec, subject.reference_codes or [])
+    started = time.perf_counter()
+    stream = engine.submit(subject.prompts[0], SamplingParams(seed=7, max_new_tokens=codes))
+    first_s = None
+    samples = 0
+    index = 0
+    while batch := stream.read_from(index):
+        index += len(batch)
+        audio = decoder.push(batch)
+        if len(audio) and first_s is None:
+            first_s = time.perf_counter() - started
+        samples += len(audio)
+    samples += len(decoder.finish())
+    total_s = time.perf_counter() - started
+    for other in others:
+        other.cancel()
+        other.wait()
+    return {"first_s": first_s or total_s, "total_s": total_s, "audio_s": samples / 16000, "windows": decoder.windows}
+
+
+def snr_grid(subject: Subject) -> None:
+    import numpy as np
+
+    from llasa.audio import load_audio
+    from llasa.engine.streaming import StreamingConfig, StreamingDecoder
+
+    codec, reference = subject.codec, subject.reference_codes or []
+    speech = codec.encode(load_audio(REPO / "tests" / "data" / "audio" / "en_long_22k.ogg")[: 10 * 16000])[:500]
+    one_shot = codec.decode(reference + speech)[len(reference) * 320 :]
+
+    def snr(config: StreamingConfig, piece: int) -> tuple[float, float]:
+        decoder = StreamingDecoder(codec, reference, config)
+        parts = [decoder.push(speech[i : i + piece]) for i in range(0, len(speech), piece)] + [decoder.finish()]
+        streamed = np.concatenate(parts)
+        error = float(np.sum((one_shot - streamed) ** 2))
+        return 10 * np.log10(float(np.sum(one_shot**2)) / max(error, 1e-30)), decoder.decoded_codes / len(speech)
+
+    print(
+        "\n| context codes | look-ahead codes | SNR, codes one by one (dB) | SNR, 7 at a time (dB) | decoded / codes |"
+    )
+    print("|---|---|---|---|---|")
+    for context in (0, 16, 32, 64, 128):
+        for lookahead in (0, 2, 4, 8):
+            config = StreamingConfig(context_codes=context, lookahead_codes=lookahead)
+            one, cost = snr(config, 1)
+            seven, _ = snr(config, 7)
+            print(f"| {context} | {lookahead} | {one:.1f} | {seven:.1f} | {cost:.2f} |")
+    for n in (50, 100, 200, 400):
+        prefix = codec.decode(reference + speech[:n])[len(reference) * 320 :][: (n - 4) * 320]
+        whole = one_shot[: (n - 4) * 320]
+        limit = 10 * np.log10(np.sum(whole**2) / np.sum((whole - prefix) ** 2))
+        print(f"bound: one-shot decode of the first {n} codes vs of all 500, on codes 0..{n - 5}: {limit:.1f} dB")
+
+
+def hf_continuous_batching(models: Path, subject: Subject, args: argparse.Namespace) -> None:
+    """transformers' own continuous batching (`generate_batch`, paged attention) on the same prompts: the
+    alternative the engine's docstring weighs. It takes no per-request seed or logits mask, so this measures
+    speed only (no speech mask: every token may be sampled, the end token stops)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(models / "llasa", attn_implementation="sdpa").eval()
+    end = subject.token_ids.speech_end_id
+    config = GenerationConfig(
+        do_sample=True, temperature=0.8, top_k=50, max_new_tokens=args.new_tokens, eos_token_id=end, pad_token_id=end
+    )
+    print("\ntransformers generate_batch (continuous batching, paged cache), same prompts:")
+    for n in (1, max(args.concurrency)):
+        prompts = [subject.prompts[i % len(subject.prompts)] for i in range(n)]
+        started = time.perf_counter()
+        out = model.generate_batch(prompts, generation_config=config, progress_bar=False)
+        seconds = time.perf_counter() - started
+        tokens = sum(len(o.generated_tokens) for o in out.values())
+        print(f"  N={n:3d}: {tokens / seconds:8.1f} tok/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, help="folder with llasa/ and xcodec2/ (default: the tiny ones)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--llasa-8b-shape", action="store_true", help="random bf16 model of Llasa-8B's shape")
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline-sequences", type=int, default=0, help="0 = as many as the engine side")
+    parser.add_argument("--max-batch-sequences", type=int, default=64)
+    parser.add_argument("--stream-codes", type=int, default=500)
+    parser.add_argument("--stream-concurrency", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--snr-grid", action="store_true")
+    parser.add_argument("--hf-continuous-batching", action="store_true", help="also time transformers' generate_batch")
+    parser.add_argument(
+        "--attn-implementation",
+        help="e.g. sdpa (default), eager, flex_attention: on a GPU, SDPA with a padding mask expands the 8 KV heads "
+        "to 32 every step (transformers' repeat_kv), so the batched decode may prefer another kernel",
+    )
+    args = parser.parse_args()
+    gpu = args.device == "cuda"
+    args.concurrency = args.concurrency or ([1, 8, 32, 64] if gpu else [1, 4, 8, 16])
+    args.stream_concurrency = args.stream_concurrency or ([1, 32] if gpu else [1])
+
+    import torch
+    import transformers
+
+    from llasa.engine.transformers_backend import TransformersEngine
+
+    device = "cuda:0" if gpu else "cpu"
+    subject = _llasa_8b_subject(device) if args.llasa_8b_shape else _tiny_subject(args.models or _tiny_models(), device)
+    if args.attn_implementation:
+        subject.model.set_attn_implementation(args.attn_implementation)
+    engine = TransformersEngine(
+        lambda: contextlib.nullcontext(subject.model), subject.token_ids, max_batch_sequences=args.max_batch_sequences
+    )
+    print(f"# bench_engine {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"command: python {' '.join(sys.argv)}")
+    gpu_name = torch.cuda.get_device_name(0) if gpu else "no GPU"
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {gpu_name}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, OMP threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f}, attention {subject.model.config._attn_implementation}"
+    )
+    _engine_run(engine, subject, 2, 8, 99)  # warm-up: the first forward allocates
+    subject.baseline(subject.prompts[0], 0, 8)
+    print(f"\nthroughput ({args.new_tokens} new tokens per sequence, median of {args.runs} runs):")
+    rows = throughput(engine, subject, args)
+    print("\n| concurrent sequences | engine tok/s | engine audio-s/s | one-after-another tok/s | ratio |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['n']} | {row['engine']:.0f} | {row['engine'] / CODES_PER_SECOND:.2f} | "
+            f"{row['baseline']:.0f} | **{row['ratio']:.2f}x** |"
+        )
+    if subject.codec is not None:
+        print(f"\nstreaming ({args.stream_codes} codes = {args.stream_codes / CODES_PER_SECOND:.0f} s of speech):")
+        for n in args.stream_concurrency:
+            r = first_window(engine, subject, args.stream_codes, n)
+            print(
+                f"  {n} concurrent: first window {r['first_s']:.3f} s, total {r['total_s']:.3f} s, "
+                f"first/total {r['first_s'] / r['total_s']:.3f}, {r['audio_s']:.2f} s audio in {r['windows']} windows"
+            )
+    if args.snr_grid and not args.llasa_8b_shape:
+        snr_grid(subject)
+    if args.hf_continuous_batching and not args.llasa_8b_shape:
+        hf_continuous_batching(args.models or _tiny_models(), subject, args)
+    engine.shutdown()
+    threading.enumerate()  # the engine's thread is joined by shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""What crosses the engine's seam: sampling parameters, the code stream a submission returns, the backend protocol.
+
+Every backend (the embedded transformers engine today, a vLLM client later) implements `GenerationBackend`:
+
+    stream = backend.submit(prompt_ids, SamplingParams(seed=7, max_new_tokens=500))
+    for code in stream:          # blocks until the next code; ends at end-of-stream
+        ...
+    stream.finish_reason         # FinishReason.END_TOKEN / LENGTH / CANCELLED / ERROR
+    stream.cancel()              # from any thread; the sequence leaves the batch at the next step
+    backend.shutdown()
+
+No torch here: a face or the service can import this module cheaply.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from llasa.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one sequence is sampled. Exactly these values are used: never a checkpoint's `generation_config`.
+
+    The speech-only mask and the stop at `<|SPEECH_GENERATION_END|>` always apply; they are not parameters.
+    """
+
+    temperature: float = 0.8
+    """Softmax temperature; 0 means greedy (argmax)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1.0 = off)."""
+    top_k: int = 50
+    """Keep the top_k most likely tokens (0 = off; 1 = greedy)."""
+    repetition_penalty: float = 1.0
+    """HF's (CTRL) penalty over every token of the prompt and the output so far (1.0 = off)."""
+    seed: int | None = None
+    """Seed of this sequence's own RNG: the same seed gives the same codes for a sequence run alone. None = random."""
+    max_new_tokens: int = 1500
+    """Most tokens sampled, the end token included (HF's meaning); also bounded by the model's context."""
+
+    def validate(self) -> None:
+        """Raise InvalidInput naming the first parameter out of range."""
+        checks = [
+            ("temperature", self.temperature >= 0, "must be 0 (greedy) or more"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("top_k", self.top_k >= 0, "must be 0 (off) or more"),
+            ("repetition_penalty", self.repetition_penalty > 0, "must be more than 0 (1.0 = off)"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be at least 1"),
+            ("seed", self.seed is None or self.seed >= 0, "must be 0 or more"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise InvalidInput(f"{name} is {getattr(self, name)!r}; it {rule}", field=name)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+class FinishReason(enum.StrEnum):
+    """Why a code stream ended."""
+
+    END_TOKEN = "end_token"  # noqa: S105 (a finish reason, not a password)
+    """The model sampled <|SPEECH_GENERATION_END|>: the speech is complete."""
+    LENGTH = "length"
+    """max_new_tokens (or the context) ran out first: the speech was cut off."""
+    CANCELLED = "cancelled"
+    """cancel() was called (or the engine shut down) before the end."""
+    ERROR = "error"
+    """The backend failed; `CodeStream.error` holds the exception."""
+
+
+class CodeStream:
+    """The speech codes (0..65535) of one submitted sequence, as they are sampled.
+
+    Thread-safe: the backend pushes from its thread, any number of threads may read. Iterating blocks, without a
+    timeout, until the next code or the end of the stream; after the end, `finish_reason` says why (and `error`
+    holds the exception for ERROR). `codes` is everything pushed so far, whoever read it.
+    """
+
+    def __init__(self, request_id: int, params: SamplingParams, prompt_len: int) -> None:
+        self.request_id = request_id
+        self.params = params
+        self.prompt_len = prompt_len
+        self._cond = threading.Condition()
+        self._codes: list[int] = []
+        self._finish_reason: FinishReason | None = None
+        self._error: BaseException | None = None
+        self._cancel_requested = False
+        self._on_cancel: list[Callable[[], None]] = []
+
+    # --- consumer side ----------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[int]:
+        """Every code from the first, blocking for the next; ends at end-of-stream (each iterator starts at 0)."""
+        index = 0
+        while True:
+            batch = self.read_from(index)
+            if not batch:
+                return
+            index += len(batch)
+            yield from batch
+
+    def read_from(self, index: int) -> list[int]:
+        """Codes from position `index` on: blocks until there is at least one or the stream ended ([] then)."""
+        with self._cond:
+            while len(self._codes) <= index and self._finish_reason is None:
+                self._cond.wait()
+            return self._codes[index:]
+
+    def wait(self) -> FinishReason:
+        """Block until the stream ends; returns why."""
+        with self._cond:
+            while self._finish_reason is None:
+                self._cond.wait()
+            return self._finish_reason
+
+    @property
+    def codes(self) -> list[int]:
+        with self._cond:
+            return list(self._codes)
+
+    @property
+    def finished(self) -> bool:
+        with self._cond:
+            return self._finish_reason is not None
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        with self._cond:
+            return self._finish_reason
+
+    @property
+    def error(self) -> BaseException | None:
+        with self._cond:
+            return self._error
+
+    @property
+    def cancel_requested(self) -> bool:
+        with self._cond:
+            return self._cancel_requested
+
+    def cancel(self) -> None:
+        """Ask the backend to drop this sequence; it ends with CANCELLED at the backend's next step (no-op once
+        the stream has ended). Safe from any thread, any number of times."""
+        with self._cond:
+            if self._cancel_requested or self._finish_reason is not None:
+                return
+            self._cancel_requested = True
+            callbacks = list(self._on_cancel)
+        for callback in callbacks:
+            callback()
+
+    # --- producer side (backends) -----------------------------------------------------------------------------
+
+    def add_cancel_callback(self, callback: Callable[[], None]) -> None:
+        """Backends: `callback()` runs (in the cancelling thread) when cancel() is first called; it must be quick."""
+        with self._cond:
+            self._on_cancel.append(callback)
+
+    def push(self, codes: Sequence[int]) -> None:
+        with self._cond:
+            if self._finish_reason is not None:
+                raise RuntimeError(f"stream {self.request_id} already ended; cannot push codes")
+            self._codes.extend(codes)
+            self._cond.notify_all()
+
+    def finish(self, reason: FinishReason, error: BaseException | None = None) -> None:
+        """End the stream (the first call wins; later ones are ignored)."""
+        with self._cond:
+            if self._finish_reason is not None:
+                return
+            self._finish_reason = reason
+            self._error = error
+            self._cond.notify_all()
+
+
+class GenerationBackend(Protocol):
+    """The seam between the service and whatever runs the Llasa LM (embedded transformers, a vLLM server)."""
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> CodeStream:
+        """Queue one sequence; its codes arrive on the returned stream. Raises InvalidInput for a prompt that
+        does not fit the context or parameters out of range, and Busy when the backend is shut down."""
+        ...
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop: every unfinished stream ends with CANCELLED; with `wait`, return after the worker has exited."""
+        ...
