@@ -144,11 +144,6 @@ def run_alone(settings: Settings, serve: Callable[[TTSService], None], *, label:
 # Sockets and URLs
 
 
-def client_host(host: str) -> str:
-    """Where this machine reaches a server bound to `host` (a wildcard bind is reached on the loopback)."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
 def port_error(host: str, port: int, variable: str, exc: OSError) -> StartupError:
     return StartupError(
         f"cannot listen on {host}:{port} ({variable}): {exc.strerror or exc}; stop whatever uses the port "

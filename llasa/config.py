@@ -178,8 +178,7 @@ class Settings(BaseSettings):
         """Where clients reach the REST API (for download links)."""
         if self.public_base_url:
             return self.public_base_url
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.api_port}"
+        return f"http://{client_host(self.host)}:{self.api_port}"
 
     @property
     def allowed_dirs(self) -> list[Path]:
@@ -192,6 +191,11 @@ class Settings(BaseSettings):
 ENV_FILE_VARIABLE = "LLASA_ENV_FILE"
 """Names the .env file the entry points read: unset = the checkout's .env then ./.env; empty = none (tests);
 a path = that file only."""
+
+
+def client_host(host: str) -> str:
+    """Where this machine reaches a server bound to `host` (a wildcard bind is reached on the loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def load_settings() -> Settings:

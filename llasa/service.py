@@ -45,6 +45,7 @@ from llasa.text import chunk_text, estimate_speech_codes, normalize_text, refuse
 from llasa.types import (
     CODES_PER_SECOND,
     MAX_SEED,
+    MODEL_NAMES,
     SAMPLE_RATE,
     SAMPLES_PER_CODE,
     AudioPiece,
@@ -62,7 +63,7 @@ from llasa.voices import VoiceInfo, VoiceLibrary
 
 logger = logging.getLogger(__name__)
 
-LLASA, XCODEC2, WHISPER = "llasa", "xcodec2", "whisper"
+LLASA, XCODEC2, WHISPER = MODEL_NAMES
 MIN_CHUNK_CODES = 2 * CODES_PER_SECOND
 """A reference that leaves room for less than this much new speech per chunk is refused."""
 NOTHING_TO_CHANGE = "give at least one of idle_timeout_s, evict_timeout_s, offload_after_use"

@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from llasa.errors import InvalidInput
 from llasa.text import normalize_text, refuse_control_markup
 
 # The units live in llasa/units.py; they are re-exported here, where the rest of the code has always found them.
 from llasa.units import CODES_PER_SECOND, MAX_SEED, SAMPLE_RATE, SAMPLES_PER_CODE  # noqa: F401
+
+MODEL_NAMES = ("llasa", "xcodec2", "whisper")
+"""The models the service registers with the GPU manager, in the order every status lists them."""
 
 #: What every audio input may be: encoded file bytes, or a path to a file.
 AudioSource = bytes | bytearray | str | Path
@@ -106,22 +110,43 @@ class SynthesisResult:
         total = self.timings_s.get("total", sum(self.timings_s.values()))
         return total / self.duration_s if self.duration_s else 0.0
 
+    def summary(self) -> SynthesisFacts:
+        """Everything but the samples, as the one model every face shows (REST JSON, jobs, MCP)."""
+        return SynthesisFacts(
+            duration_s=round(self.duration_s, 3),
+            sample_rate=self.sample_rate,
+            num_codes=self.num_codes,
+            reference_text=self.reference_text,
+            reference_seconds=round(self.reference_seconds, 3),
+            reference_trimmed=self.reference_trimmed,
+            chunks=self.chunks,
+            timings_s={k: round(v, 4) for k, v in self.timings_s.items()},
+            real_time_factor=round(self.real_time_factor, 4),
+            seed=self.seed,
+            voice=self.voice,
+            warnings=list(self.warnings),
+        )
+
     def facts(self) -> dict[str, Any]:
-        """Everything but the samples, JSON-ready."""
-        return {
-            "duration_s": round(self.duration_s, 3),
-            "sample_rate": self.sample_rate,
-            "num_codes": self.num_codes,
-            "reference_text": self.reference_text,
-            "reference_seconds": round(self.reference_seconds, 3),
-            "reference_trimmed": self.reference_trimmed,
-            "chunks": self.chunks,
-            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
-            "real_time_factor": round(self.real_time_factor, 4),
-            "seed": self.seed,
-            "voice": self.voice,
-            "warnings": list(self.warnings),
-        }
+        """`summary()`, JSON-ready."""
+        return self.summary().model_dump()
+
+
+class SynthesisFacts(BaseModel):
+    """How a synthesis was made: the result schema of every face (REST's JSON and jobs, MCP's SpeechResult)."""
+
+    duration_s: float = Field(description="Seconds of audio produced.")
+    sample_rate: int = Field(description="Sample rate of the audio (Hz).")
+    num_codes: int = Field(description="Speech codes generated (50 per second of audio).")
+    reference_text: str = Field(description="Transcript of the reference the voice was cloned from ('' if none).")
+    reference_seconds: float
+    reference_trimmed: bool = Field(description="True when the reference was cut to MAX_REFERENCE_SECONDS.")
+    chunks: int = Field(description="Number of text chunks synthesised one after another.")
+    timings_s: dict[str, float] = Field(description="Wall time per stage (load, transcribe, encode, generate...).")
+    real_time_factor: float = Field(description="Wall time over audio time (below 1 = faster than real time).")
+    seed: int | None = Field(description="Seed used; pass it again to repeat the result.")
+    voice: str | None = Field(description="Saved voice used, if any.")
+    warnings: list[str] = Field(description="Things to tell the user, e.g. that the reference was trimmed.")
 
 
 @dataclass

@@ -26,8 +26,8 @@ from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken, TokenVerifier
 
 from llasa import __version__
-from llasa.bootstrap import FrontEnd, bind, client_host, run_logged
-from llasa.config import Settings
+from llasa.bootstrap import FrontEnd, bind, run_logged
+from llasa.config import Settings, client_host
 
 if TYPE_CHECKING:
     from llasa.service import TTSService

@@ -121,12 +121,10 @@ class JobRunner:
         *,
         ttl_s: float,
         max_unfinished: int,
-        on_finish: Callable[[Job, SynthesisResult | None], None] | None = None,
     ) -> None:
         self.service = service
         self.ttl_s = ttl_s
         self.max_unfinished = max_unfinished
-        self.on_finish = on_finish
         self._jobs: dict[str, Job] = {}
         # Guards _jobs and every job's state transition (queued -> running / cancelled must not race).
         self._lock = threading.Lock()
@@ -265,8 +263,3 @@ class JobRunner:
                 job.chunks_done = job.chunks_total = result.chunks
                 self._finish(job, JobState.DONE, stage="done")
             logger.info("job %s done: %.2f s of audio -> %s", job.id, result.duration_s, saved.id)
-        if self.on_finish is not None:
-            try:
-                self.on_finish(job, result)
-            except Exception:
-                logger.exception("job finish hook failed")

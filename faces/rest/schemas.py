@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from llasa.types import GPUStatus
+from llasa.types import GPUStatus, SynthesisFacts
 
 
 class _Model(BaseModel):
@@ -29,23 +29,6 @@ class Error(_Model):
     """Every failure: `{"error": {"code", "message"}}` with the right status."""
 
     error: ErrorDetail
-
-
-class SynthesisFacts(_Model):
-    """How a synthesis was made (everything but the samples)."""
-
-    duration_s: float
-    sample_rate: int
-    num_codes: int
-    reference_text: str = Field(description="the transcript the model was conditioned on ('' without a reference)")
-    reference_seconds: float
-    reference_trimmed: bool
-    chunks: int
-    timings_s: dict[str, float] = Field(description="wall time per stage: load, transcribe, encode, generate...")
-    real_time_factor: float
-    seed: int | None
-    voice: str | None
-    warnings: list[str]
 
 
 class Output(_Model):

@@ -13,8 +13,8 @@ from faces.rest.app import create_app
 from faces.rest.common import (
     ApiContext,
 )
-from llasa.bootstrap import FrontEnd, client_host, port_error
-from llasa.config import Settings
+from llasa.bootstrap import FrontEnd, port_error
+from llasa.config import Settings, client_host
 from llasa.outputs import cleanup_interval_s as cleanup_interval_s_for
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ HISTORY_LIMIT = 10
 GPU_REFRESH_S = 5.0
 MODE_REFERENCE, MODE_SAVED, MODE_NONE = "reference", "saved", "none"
 ALL_MODELS = "all"
-MODEL_NAMES = ("llasa", "xcodec2", "whisper")
 TRANSCRIBE_LANGUAGES = ("auto", "zh", "en", "yue", "ja", "ko", "fr", "de", "es", "ru", "it", "pt")
 EXAMPLE_TEXTS = (
     "今天天气真好，我们一起去公园散步吧。",

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from faces.webui.i18n import text
-from llasa.bootstrap import FrontEnd, bind, client_host
-from llasa.config import Settings
+from llasa.bootstrap import FrontEnd, bind
+from llasa.config import Settings, client_host
 
 if TYPE_CHECKING:
     from llasa.service import TTSService

@@ -1,7 +1,8 @@
 """The GPU manager: where every model of the process lives, and when it moves.
 
 This module assembles the registry from its parts: `table` (states, rows), `moves` (load/reload/offload/release
-and the residency policy), `admission` (VRAM), `slot` (the GPU job queue), `status`, `pinned` (fast offload).
+and the residency policy), `admission` (VRAM), `slot` (the GPU job queue), `control` (manual moves, timeouts,
+the idle monitor), `status`, `pinned` (fast offload); here live the registry itself and the leases.
 
 One `MultiModelGPUManager` per process (`get_gpu_manager()`) keeps a state table of the registered models.
 Each model is in one state: `unloaded` -> `loading` -> `gpu` <-> `cpu` -> `unloaded`. State `gpu` means
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import threading
 import time
@@ -52,13 +52,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from llasa.config import Settings
-from llasa.errors import InvalidInput, ModelUnavailable, NotFound
+from llasa.errors import ModelUnavailable, NotFound
 from llasa.gpu.admission import AdmissionMixin
+from llasa.gpu.control import ControlMixin
 from llasa.gpu.memory import MemoryProbe, Nvml, cuda_ready, free_memory, is_out_of_memory, torch_module
 from llasa.gpu.moves import MovesMixin
 from llasa.gpu.slot import GPUSlotMixin
 from llasa.gpu.status import StatusMixin
-from llasa.gpu.table import PAST_TENSE, Loader, ManagedModel, ModelEntry, ModelState
+from llasa.gpu.table import Loader, ManagedModel, ModelEntry, ModelState
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class GPUResourceManager:
         self._registry.start_monitor(interval_s)
 
 
-class MultiModelGPUManager(MovesMixin, AdmissionMixin, GPUSlotMixin, StatusMixin):
+class MultiModelGPUManager(ControlMixin, MovesMixin, AdmissionMixin, GPUSlotMixin, StatusMixin):
     """The registry of every model in the process, their residency, and the one GPU job slot.
 
     Lock order: two locks, never held together. `_lock` (with its condition `_changed`) guards the state table
@@ -321,140 +322,6 @@ class MultiModelGPUManager(MovesMixin, AdmissionMixin, GPUSlotMixin, StatusMixin
             entry.last_error = f"out of memory: {exc}"
         if cuda_ready():
             sys.modules["torch"].cuda.empty_cache()
-
-    # ---------------------------------------------------------------------------------------------- manual
-
-    def offload(self, name: str | None = None) -> dict[str, Any]:
-        """Move `name` (None = every model) to CPU RAM now; a busy one when its last lease ends.
-
-        Returns {"action": "offload", "models": {name: "offloaded" | "deferred" | "already on cpu" |
-        "not loaded"}}.
-        """
-        return self._manual("offload", name)
-
-    def release(self, name: str | None = None) -> dict[str, Any]:
-        """Release `name` (None = every model) from GPU and RAM now; a busy one when its last lease ends.
-
-        Returns {"action": "release", "models": {name: "released" | "deferred" | "not loaded"}}.
-        """
-        return self._manual("release", name)
-
-    def offload_all(self) -> dict[str, Any]:
-        """`offload(None)`."""
-        return self.offload(None)
-
-    def release_all(self) -> dict[str, Any]:
-        """`release(None)`."""
-        return self.release(None)
-
-    def _manual(self, action: str, name: str | None) -> dict[str, Any]:
-        entries = [self._entry(name)] if name is not None else list(self._entries.values())
-        outcomes: dict[str, str] = {}
-        moves: list[tuple[ModelEntry, str]] = []
-        with self._lock:
-            for entry in entries:
-                if entry.busy():
-                    if entry.state is ModelState.UNLOADED and entry.move is None:
-                        outcomes[entry.name] = "not loaded"
-                        continue
-                    # A pending release wins over an offload asked for later.
-                    if entry.pending != "release":
-                        entry.pending = action
-                    outcomes[entry.name] = "deferred"
-                elif entry.state is ModelState.UNLOADED:
-                    outcomes[entry.name] = "not loaded"
-                elif action == "offload" and entry.state is ModelState.CPU:
-                    outcomes[entry.name] = "already on cpu"
-                else:
-                    entry.move = action
-                    moves.append((entry, action))
-                    outcomes[entry.name] = PAST_TENSE[action]
-        self._run_moves(moves, reason="on request")
-        deferred = [n for n, outcome in outcomes.items() if outcome == "deferred"]
-        if deferred:
-            logger.info("%s of %s deferred until the last lease ends", action, ", ".join(deferred))
-        return {"action": action, "models": outcomes}
-
-    def set_timeouts(
-        self,
-        *,
-        idle_timeout_s: float | None = None,
-        evict_timeout_s: float | None = None,
-        offload_after_use: bool | None = None,
-    ) -> dict[str, Any]:
-        """Change the residency policy at run time (None = keep); applies it at once. Returns the settings.
-
-        Seconds: 0 = at once, -1 = never. Anything below -1 is an InvalidInput.
-        """
-        for field_name, value in (("idle_timeout_s", idle_timeout_s), ("evict_timeout_s", evict_timeout_s)):
-            if value is not None and (value < -1 or math.isnan(value)):
-                raise InvalidInput(
-                    f"{field_name} must be -1 (never), 0 (at once) or a number of seconds; got {value}",
-                    field=field_name,
-                )
-        with self._lock:
-            if idle_timeout_s is not None:
-                self._idle_timeout_s = float(idle_timeout_s)
-            if evict_timeout_s is not None:
-                self._evict_timeout_s = float(evict_timeout_s)
-            if offload_after_use is not None:
-                self._offload_after_use = bool(offload_after_use)
-            current = self._settings_locked()
-        logger.info("GPU manager timeouts now %s", current)
-        self.run_monitor_once()
-        return current
-
-    # ---------------------------------------------------------------------------------------------- monitor
-
-    def run_monitor_once(self) -> list[tuple[str, str]]:
-        """One pass of the idle monitor: offload/release every idle model that is due. Returns (name, action).
-
-        The choice and the mark happen in one critical section, so no lease can slip in between.
-        """
-        return self._settle(on_device_only=False)
-
-    def _settle(self, *, on_device_only: bool) -> list[tuple[str, str]]:
-        with self._lock:
-            now = self._clock()
-            due = [
-                (e, a)
-                for e in self._entries.values()
-                if not (on_device_only and e.state is not ModelState.GPU) and (a := self._next_action_locked(e, now))
-            ]
-        self._run_moves(due, reason="by the idle monitor")
-        return [(entry.name, action) for entry, action in due]
-
-    def start_monitor(self, interval_s: float | None = None) -> None:
-        """Start the idle monitor, a daemon thread that runs `run_monitor_once()` every GPU_MONITOR_INTERVAL s.
-
-        Idempotent; `shutdown()` stops it.
-        """
-        with self._lock:
-            if interval_s is not None:
-                if interval_s <= 0:
-                    raise ValueError("the monitor interval must be > 0 seconds")
-                self._monitor_interval_s = float(interval_s)
-            if self._monitor_thread is not None and self._monitor_thread.is_alive():
-                return
-            self._monitor_stop.clear()
-            self._monitor_thread = threading.Thread(target=self._monitor_loop, name="gpu-manager-monitor", daemon=True)
-            self._monitor_thread.start()
-
-    def stop_monitor(self, timeout_s: float = 10.0) -> None:
-        """Stop the idle monitor thread and wait for it (up to timeout_s)."""
-        self._monitor_stop.set()
-        thread = self._monitor_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-        self._monitor_thread = None
-
-    def _monitor_loop(self) -> None:
-        while not self._monitor_stop.wait(self._monitor_interval_s):
-            try:
-                self.run_monitor_once()
-            except Exception:
-                # The monitor must survive a failing model: log and try again next pass.
-                logger.exception("GPU manager monitor pass failed")
 
     # ---------------------------------------------------------------------------------------------- shutdown
 

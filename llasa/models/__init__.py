@@ -33,14 +33,13 @@ from llasa.models.llasa_lm import (
 )
 from llasa.models.whisper import WhisperTranscriber, load_whisper
 from llasa.models.xcodec2 import XCodec2Codec, load_xcodec2
+from llasa.types import MODEL_NAMES
 
 if TYPE_CHECKING:
     from llasa.gpu import MultiModelGPUManager
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAMES = ("llasa", "xcodec2", "whisper")
-"""The models the service registers with the GPU manager, in the order every status lists them."""
 
 __all__ = [
     "LLASA_CONTEXT_TOKENS",

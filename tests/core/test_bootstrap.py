@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llasa.bootstrap import client_host, load_settings_or_exit
+from llasa.bootstrap import load_settings_or_exit
+from llasa.config import client_host
 from llasa.outputs import cleanup_interval_s
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from faces.webui.handlers import WebUIBase
+from llasa.config import client_host
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class ConnectHandlers(WebUIBase):
             except AttributeError:
                 hostname = ""
         if not hostname:
-            hostname = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
+            hostname = client_host(s.host)
         if ":" in hostname and not hostname.startswith("["):
             hostname = f"[{hostname}]"
         api = s.public_base_url or f"{scheme}://{hostname}:{s.api_port}"

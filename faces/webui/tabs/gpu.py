@@ -13,7 +13,6 @@ from faces.webui.common import (
     GPU_ADMIN,
     GPU_REFRESH_S,
     LIGHT,
-    MODEL_NAMES,
     bytes_text,
     lang_of,
     md,
@@ -23,7 +22,7 @@ from faces.webui.common import (
 from faces.webui.handlers import WebUIBase
 from faces.webui.i18n import STRINGS, text
 from llasa.config import Settings
-from llasa.types import DeviceStatus
+from llasa.types import MODEL_NAMES, DeviceStatus
 
 logger = logging.getLogger(__name__)
 
