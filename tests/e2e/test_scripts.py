@@ -604,8 +604,11 @@ compose)
   case "$1" in
   version) echo "v2.40.3" ;;
   up)
-    nohup "$FAKE_PYTHON" "$FAKE_DOCKER_DIR/server.py" >/dev/null 2>&1 &
-    echo $! >"$FAKE_DOCKER_DIR/server.pid" ;;
+    # Like Compose, `up` on a running container leaves it running (a second server would leak the first).
+    if ! { [ -f "$FAKE_DOCKER_DIR/server.pid" ] && kill -0 "$(cat "$FAKE_DOCKER_DIR/server.pid")" 2>/dev/null; }; then
+      nohup "$FAKE_PYTHON" "$FAKE_DOCKER_DIR/server.py" >/dev/null 2>&1 &
+      echo $! >"$FAKE_DOCKER_DIR/server.pid"
+    fi ;;
   ps) [ -f "$FAKE_DOCKER_DIR/server.pid" ] && kill -0 "$(cat "$FAKE_DOCKER_DIR/server.pid")" && echo 0123abcd ;;
   down) kill "$(cat "$FAKE_DOCKER_DIR/server.pid")" && rm "$FAKE_DOCKER_DIR/server.pid" ;;
   esac
