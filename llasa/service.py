@@ -237,7 +237,8 @@ class TTSService:
         (`llasa.engine.streaming`), so the stream is the same length as synthesize()'s audio for the same seed and
         close to it (not bit-identical: a one-shot decode sees every code at once). The request is checked before
         the first piece, so a bad request fails when this is called, not while the response streams. Closing the
-        iterator early cancels the generation at the engine's next step (counted as cancelled).
+        iterator early cancels the generation at the engine's next step (counted as cancelled). The final piece
+        carries the whole `SynthesisResult` (`AudioPiece.result`), its audio exactly the pieces joined.
         """
         try:
             plan = self._plan(request)
