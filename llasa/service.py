@@ -237,7 +237,8 @@ class TTSService:
         (`llasa.engine.streaming`), so the stream is the same length as synthesize()'s audio for the same seed and
         close to it (not bit-identical: a one-shot decode sees every code at once). The request is checked before
         the first piece, so a bad request fails when this is called, not while the response streams. Closing the
-        iterator early cancels the generation at the engine's next step (counted as cancelled).
+        iterator early cancels the generation at the engine's next step (counted as cancelled). The final piece
+        carries the whole `SynthesisResult` (`AudioPiece.result`), its audio exactly the pieces joined.
         """
         try:
             plan = self._plan(request)
@@ -271,6 +272,8 @@ class TTSService:
         timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
         joiner = StreamJoiner(self._crossfade_samples)
         first_audio_s: float | None = None
+        sent: list[np.ndarray] = []
+        num_codes = 0
         with self.manager.gpu_slot(cancel=cancel):
             self.metrics.record_queue_wait(plan.surface, time.perf_counter() - started)
             reference, chunks = self._prepare_run(plan, timings, progress)
@@ -278,21 +281,41 @@ class TTSService:
             runner = self._run_chunks(plan, reference, chunks, timings, progress, cancel, windows=True)
             with closing(runner):
                 for piece in runner:
+                    if piece.last:
+                        num_codes += piece.codes
                     ready = joiner.push(piece.audio) if piece.first else joiner.push_continued(piece.audio)
                     if not len(ready):
                         continue
                     if first_audio_s is None:
                         first_audio_s = time.perf_counter() - started
                         self.metrics.record_first_audio(plan.surface, first_audio_s)
+                    sent.append(ready)
                     yield AudioPiece(
                         audio=ready, chunk_index=piece.chunk_index, chunks_total=len(chunks), seed=plan.params.seed
                     )
+        tail = joiner.finish()
+        sent.append(tail)
+        timings["total"] = time.perf_counter() - started
+        result = SynthesisResult(
+            audio=np.concatenate(sent).astype(np.float32, copy=False),
+            sample_rate=SAMPLE_RATE,
+            num_codes=num_codes,
+            reference_text=reference.text,
+            chunks=len(chunks),
+            timings_s=timings,
+            reference_seconds=reference.seconds,
+            reference_trimmed=reference.trimmed,
+            seed=plan.params.seed,
+            voice=reference.voice,
+            warnings=plan.warnings,
+        )
         yield AudioPiece(
-            audio=joiner.finish(),
+            audio=tail,
             chunk_index=len(chunks) - 1,
             chunks_total=len(chunks),
             final=True,
             seed=plan.params.seed,
+            result=result,
         )
 
     @property

@@ -159,6 +159,9 @@ class AudioPiece:
     final: bool = False
     seed: int | None = None
     """The seed the whole synthesis uses (repeat it to get the same audio)."""
+    result: SynthesisResult | None = None
+    """On the final piece only: the whole synthesis as synthesize() reports it, its audio exactly the stream's
+    pieces joined (so a face can play the stream and offer the same audio as a file at the end)."""
 
 
 # --------------------------------------------------------------------------------------------------------------

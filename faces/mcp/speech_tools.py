@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 from fastmcp import Context
@@ -17,6 +18,7 @@ from llasa.types import SAMPLE_RATE, GenerationParams, SynthesisRequest, Transcr
 
 if TYPE_CHECKING:
     from llasa.service import TTSService
+    from llasa.types import SynthesisResult
 from faces.mcp.common import (
     ADDITIVE,
     READ_ONLY,
@@ -37,32 +39,34 @@ from faces.mcp.results import SpeechResult, speech_result
 logger = logging.getLogger(__name__)
 
 
-async def _run_with_progress(
-    ctx: Context, work: Callable[[Callable[[int, int, str], None], threading.Event], ToolResult]
-) -> ToolResult:
+Progress = Callable[[float, float | None, str], None]
+"""progress(done, total, message) from the worker thread: done and total in seconds of audio (total None while
+unknown)."""
+
+
+async def _run_with_progress(ctx: Context, work: Callable[[Progress, threading.Event], ToolResult]) -> ToolResult:
     """Run blocking `work(progress, cancel)` in a worker thread, relaying its progress as MCP notifications.
 
-    The service calls `progress(done, total, stage)` from the worker thread; each call is handed to the event
-    loop and sent in order. MCP requires progress to increase, so only calls that advance `done` are sent
-    (that is one per finished chunk, plus the first). If the client cancels the request, `cancel` is set so the
-    synthesis stops at its next check and frees the GPU.
+    Each `progress(done, total, message)` call is handed to the event loop and sent in order. MCP requires
+    progress to increase, so only calls that advance `done` are sent. If the client cancels the request, `cancel`
+    is set so the synthesis stops at its next check and frees the GPU.
     """
     loop = asyncio.get_running_loop()
-    updates: asyncio.Queue[tuple[int, int, str] | None] = asyncio.Queue()
+    updates: asyncio.Queue[tuple[float, float | None, str] | None] = asyncio.Queue()
     cancel = threading.Event()
 
-    def progress(done: int, total: int, stage: str) -> None:
-        loop.call_soon_threadsafe(updates.put_nowait, (done, total, stage))
+    def progress(done: float, total: float | None, message: str) -> None:
+        loop.call_soon_threadsafe(updates.put_nowait, (done, total, message))
 
     async def relay() -> None:
-        sent = -1
+        sent = -1.0
         while (update := await updates.get()) is not None:
-            done, total, stage = update
+            done, total, message = update
             if done <= sent:
                 continue
             sent = done
             try:
-                await ctx.report_progress(done, total, stage)
+                await ctx.report_progress(done, total, message)
             except Exception:
                 # A client that went away must not fail the synthesis it asked for.
                 logger.debug("could not send a progress notification", exc_info=True)
@@ -78,6 +82,35 @@ async def _run_with_progress(
     updates.put_nowait(None)
     await relay_task
     return result
+
+
+def _stream_with_progress(
+    service: TTSService,
+    synthesis: SynthesisRequest,
+    planned_s_per_chunk: float,
+    progress: Progress,
+    cancel: threading.Event,
+) -> SynthesisResult:
+    """Run the synthesis as a stream and report each audio window: done = seconds of audio so far, total = the
+    planned seconds (chunks x max_audio_seconds, an upper bound), then done = total = the duration at the end.
+    Before the first window one notification at 0 names the stage (queue, transcribe, encode)."""
+    seconds = 0.0
+    pieces = service.synthesize_stream(
+        synthesis, progress=lambda _done, _total, stage: progress(0.0, None, stage), cancel=cancel
+    )
+    with closing(pieces):  # type: ignore[type-var]  # a generator has close()
+        for piece in pieces:
+            if piece.result is not None:
+                duration = round(piece.result.duration_s, 3)
+                progress(duration, duration, "done")
+                return piece.result
+            seconds += len(piece.audio) / SAMPLE_RATE
+            progress(
+                round(seconds, 3),
+                round(piece.chunks_total * planned_s_per_chunk, 3),
+                f"chunk {piece.chunk_index + 1} of {piece.chunks_total}",
+            )
+    raise RuntimeError("the synthesis stream ended without its result")
 
 
 def register(tool: ToolDecorator, service: TTSService, settings: Settings) -> None:
@@ -110,8 +143,9 @@ def _add_generate_speech(tool: ToolDecorator, service: TTSService, settings: Set
         The voice comes from one of: `voice` (a saved voice, see list_voices), a reference recording
         (`reference_audio_path` or `reference_audio_base64`; 3-{max_reference_seconds:g} s of clear speech works
         best, longer is trimmed), or neither (the model's own random voice). Long text is split at sentence ends
-        and synthesised chunk by chunk; a progress notification is sent after each chunk. The audio is saved on
-        the server.
+        and synthesised chunk by chunk. Progress notifications follow the audio as it is generated, several per
+        chunk: progress = seconds of audio so far, total = the planned seconds (an upper bound), both equal to the
+        duration at the end. The audio is saved on the server.
         Returns JSON with `path` (file on the server), `url` (download link on the REST API), `duration_s`,
         `sample_rate`, `reference_text` (the transcript the voice was conditioned on), `seed`, `chunks`,
         `timings_s` and `warnings`; depending on the server's MCP_AUDIO_RETURN setting the audio itself is also
@@ -151,7 +185,7 @@ def _add_generate_speech(tool: ToolDecorator, service: TTSService, settings: Set
             seed=seed,
         )
 
-        def synthesize(progress: Callable[[int, int, str], None], cancel: threading.Event) -> ToolResult:
+        def synthesize(progress: Progress, cancel: threading.Event) -> ToolResult:
             reference = read_audio(
                 settings,
                 reference_audio_path,
@@ -170,7 +204,8 @@ def _add_generate_speech(tool: ToolDecorator, service: TTSService, settings: Set
                 surface="mcp",
                 endpoint="generate_speech",
             )
-            result = service.synthesize(synthesis, progress=progress, cancel=cancel)
+            planned_s = max_audio_seconds if max_audio_seconds is not None else settings.max_audio_seconds
+            result = _stream_with_progress(service, synthesis, planned_s, progress, cancel)
             saved = service.save_output(result, fmt, sample_rate=sample_rate)
             return speech_result(result, saved, settings, sample_rate)
 

@@ -38,8 +38,55 @@ UI_CSS = """
   padding: var(--spacing-md) var(--spacing-lg); border-radius: var(--radius-md); margin: 0; }
 .llasa-facts table { width: 100%; }
 .llasa-bottom { align-items: flex-end; }
+.llasa-carrier { display: none !important; }
 footer { opacity: 0.8; }
 """
+
+# The live player. The hidden carrier box holds "<take id>;<rate>:<base64 16-bit PCM>;<rate>:<base64>;..." and
+# grows by one piece per audio window (gradio sends a growing string as appends, so each window crosses the
+# wire once). The browser plays the pieces it has not played yet back to back on one AudioContext: updates
+# that arrive together (the page may see only the last of them) lose nothing. A new take id starts over.
+# No server-side encoder: gradio's streaming gr.Audio needs the ffmpeg program, which the image does not ship.
+LIVE_PLAY_JS = """(value) => {
+  const w = window;
+  const pieces = (value || "").split(";");
+  const take = pieces.shift();
+  if (!take) return [];
+  if (take !== w.llasaLiveTake) { LIVE_STOP(); w.llasaLiveTake = take; w.llasaLiveNext = 0; }
+  const ctx = w.llasaLive || (w.llasaLive = new (w.AudioContext || w.webkitAudioContext)());
+  if (ctx.state === "suspended") ctx.resume();
+  for (let k = w.llasaLiveNext; k < pieces.length; k++) {
+    const [rate, data] = pieces[k].split(":");
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const view = new DataView(bytes.buffer);
+    const n = bytes.length >> 1;
+    if (!n) continue;
+    const buffer = ctx.createBuffer(1, n, Number(rate));
+    const samples = buffer.getChannelData(0);
+    for (let i = 0; i < n; i++) samples[i] = view.getInt16(2 * i, true) / 32768;
+    const source = ctx.createBufferSource();
+    source.buffer = buffer;
+    source.connect(ctx.destination);
+    const at = Math.max(ctx.currentTime + 0.05, w.llasaLiveAt || 0);
+    source.start(at);
+    w.llasaLiveAt = at + buffer.duration;
+    w.llasaLiveSources.push(source);
+    w.llasaLivePieces = (w.llasaLivePieces || 0) + 1;
+    w.llasaLiveSeconds = (w.llasaLiveSeconds || 0) + buffer.duration;
+  }
+  w.llasaLiveNext = Math.max(w.llasaLiveNext, pieces.length);
+  return [];
+}"""
+
+# Stops what the live player has scheduled, and the rest of that take (Cancel, or a new take).
+LIVE_STOP_JS = """() => {
+  for (const source of window.llasaLiveSources || []) { try { source.stop(); } catch (e) {} }
+  window.llasaLiveSources = [];
+  window.llasaLiveAt = 0;
+  window.llasaLiveNext = Infinity;
+  return [];
+}"""
+LIVE_PLAY_JS = LIVE_PLAY_JS.replace("LIVE_STOP()", "(" + LIVE_STOP_JS + ")()")
 
 # Counts characters in the browser as the user types: no server round trip per key stroke.
 COUNT_JS = """(value) => {

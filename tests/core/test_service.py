@@ -132,6 +132,13 @@ def test_stream_equals_synthesize(service: TTSService) -> None:
     assert all(piece.seed == 11 for piece in pieces)
     streamed = np.concatenate([p.audio for p in pieces])
     np.testing.assert_allclose(streamed, whole.audio, atol=1e-6)
+    # The final piece reports the whole stream as synthesize() would, its audio exactly the pieces joined.
+    assert all(p.result is None for p in pieces[:-1])
+    summary = pieces[-1].result
+    assert summary is not None
+    np.testing.assert_array_equal(summary.audio, streamed)
+    assert (summary.seed, summary.chunks, summary.num_codes) == (11, whole.chunks, whole.num_codes)
+    assert summary.timings_s["total"] > 0
 
 
 def test_every_chunk_is_conditioned_on_the_reference_and_cut_exactly(

@@ -6,7 +6,9 @@ a Python user would, and check the files, tables and errors that come back.
 
 from __future__ import annotations
 
+import base64
 import io
+import itertools
 import os
 import re
 import socket
@@ -168,7 +170,7 @@ def test_gpu_events_share_one_queue_of_one(ui: SimpleNamespace) -> None:
 
 def test_synthesize_with_a_reference_file(ui: SimpleNamespace, audio_dir: Path) -> None:
     outputs = _synthesize(ui.client, reference_audio=handle_file(str(audio_dir / "en_16k_mono.wav")))
-    playable, download, facts, _notice, history_md, history_files, transcript = outputs
+    playable, download, facts, _notice, history_md, history_files, transcript, _live = outputs
     samples, rate = soundfile.read(playable)
     assert rate == 16000
     assert 0 < len(samples) <= 16000 * 1.05
@@ -333,6 +335,37 @@ def test_errors_are_readable_messages(ui: SimpleNamespace, audio_dir: Path) -> N
         ui.client.predict(audio=handle_file(str(audio_dir / "en_16k_mono.wav")), language="xx", api_name="/transcribe")
 
 
+def test_audio_streams_to_the_live_player_before_the_end(ui: SimpleNamespace) -> None:
+    """Each audio window reaches the browser as its own update while the synthesis runs; the file at the end is
+    exactly those windows joined."""
+    job = ui.client.submit(
+        voice_mode="none",
+        reference_audio=None,
+        reference_text="",
+        voice=None,
+        language="auto",
+        text_input="A streamed sentence that goes on for a while.",
+        max_seconds=3,
+        seed=5,
+        output_format="wav",
+        api_name="/synthesize",
+    )
+    final = job.result(timeout=300)
+    carriers = [update[-1] for update in job.outputs()[:-1] if isinstance(update[-1], str)]
+    # One update per window, each the carrier grown by one piece: several arrived before the end.
+    counts = [len(carrier.split(";")) - 1 for carrier in carriers]
+    assert len(counts) >= 3, f"only {len(counts)} live updates arrived before the end"
+    assert counts == list(range(1, len(counts) + 1))
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(carriers))
+    take, *pieces = carriers[-1].split(";")
+    assert len(take) == 32
+    assert all(piece.split(":")[0] == "16000" for piece in pieces)
+    streamed = sum(len(base64.b64decode(piece.split(":")[1])) // 2 for piece in pieces)
+    samples, rate = soundfile.read(final[1])
+    assert rate == 16000
+    assert len(samples) == streamed
+
+
 def test_cancel_stops_a_running_synthesis(ui: SimpleNamespace) -> None:
     before = set((ui.root / "outputs").iterdir())
     # 60 s of audio is 3,000 tokens for the tiny model: long enough to be caught while it generates.
@@ -443,20 +476,20 @@ def test_one_synthesis_at_a_time(ui: SimpleNamespace) -> None:
     peak = 0
     running = 0
     lock = threading.Lock()
-    original = ui.service.synthesize
+    original = ui.service.synthesize_stream
 
-    def counting(*args: object, **kwargs: object) -> object:
+    def counting(*args: object, **kwargs: object) -> Iterator[object]:
         nonlocal peak, running
         with lock:
             running += 1
             peak = max(peak, running)
         try:
-            return original(*args, **kwargs)
+            yield from original(*args, **kwargs)
         finally:
             with lock:
                 running -= 1
 
-    ui.service.synthesize = counting
+    ui.service.synthesize_stream = counting
     try:
         other = Client(ui.url, verbose=False, analytics_enabled=False)
         try:
@@ -479,7 +512,7 @@ def test_one_synthesis_at_a_time(ui: SimpleNamespace) -> None:
         finally:
             other.close()
     finally:
-        del ui.service.synthesize
+        del ui.service.synthesize_stream
     assert all(Path(result[0]).is_file() for result in results)
     assert peak == 1
 

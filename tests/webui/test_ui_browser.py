@@ -110,6 +110,10 @@ def test_clone_a_voice_in_the_browser(ui: SimpleNamespace, browser: Browser, aud
         assert fetched[2] > 44  # more than a bare WAV header
         duration_s = page.evaluate("() => document.querySelector('#result-audio audio').duration")
         assert 0 < duration_s <= 1.1
+        # The live player scheduled the audio piece by piece while it was generated: the same length in all.
+        live = page.evaluate("() => [window.llasaLivePieces || 0, window.llasaLiveSeconds || 0]")
+        assert live[0] >= 2, f"the live player got {live[0]} pieces"
+        assert live[1] == pytest.approx(duration_s, abs=0.01)
         download = page.locator("#result-file a[download]").first
         assert download.get_attribute("href")
         assert "Real-time factor" in page.locator("#facts").inner_text()

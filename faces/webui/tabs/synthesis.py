@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +29,8 @@ from faces.webui.common import (
     GPU_JOB,
     HISTORY_LIMIT,
     LIGHT,
+    LIVE_PLAY_JS,
+    LIVE_STOP_JS,
     MODE_NONE,
     MODE_REFERENCE,
     MODE_SAVED,
@@ -132,8 +137,26 @@ class SynthesisHandlers(WebUIBase):
 
         return report
 
+    def _stream_result(
+        self, synthesis: SynthesisRequest, lang: str, progress: gr.Progress, cancel: Any
+    ) -> Iterator[str | SynthesisResult]:
+        """The live player's carrier value after each audio window (see LIVE_PLAY_JS), then the whole result."""
+        from llasa.audio import pcm16_bytes
+
+        pieces = self.service.synthesize_stream(
+            synthesis, progress=self._progress_reporter(progress, lang), cancel=cancel
+        )
+        with closing(pieces):  # type: ignore[type-var]  # a generator has close()
+            carrier = uuid.uuid4().hex
+            for piece in pieces:
+                if len(piece.audio):
+                    carrier += f";{SAMPLE_RATE}:{base64.b64encode(pcm16_bytes(piece.audio)).decode('ascii')}"
+                    yield carrier
+                if piece.result is not None:
+                    yield piece.result
+
     # Over 100 lines because gradio hands every input over as its own parameter (17 lines of signature) and
-    # the result is 8 outputs built in one place; the steps themselves are helpers above.
+    # the result is 9 outputs built in one place; the steps themselves are helpers above.
     def synthesize(
         self,
         voice_mode: str,
@@ -152,8 +175,9 @@ class SynthesisHandlers(WebUIBase):
         history: list[dict[str, Any]] | None,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's documented way to receive a tracker)
-    ) -> tuple[Any, ...]:
-        """Speak `text_input` in the chosen voice; returns player audio, download file, facts and history."""
+    ) -> Iterator[tuple[Any, ...]]:
+        """Speak `text_input` in the chosen voice: the live player gets each audio window as it is generated,
+        then the last update brings the player audio, download file, facts and history."""
         lang = lang_of(request)
         history = list(history or [])
         fmt = (output_format or "wav").lower()
@@ -181,15 +205,21 @@ class SynthesisHandlers(WebUIBase):
                 **voice_fields,
             )
             progress(0, desc=text(lang, "stage_queue"))
+            unchanged = (*(gr.update() for _ in range(4)), history, gr.update(), gr.update(), gr.update())
+            result: SynthesisResult | None = None
             try:
                 with self._cancel_scope(request) as cancel:
-                    result = self.service.synthesize(
-                        synthesis, progress=self._progress_reporter(progress, lang), cancel=cancel
-                    )
+                    for item in self._stream_result(synthesis, lang, progress, cancel):
+                        if isinstance(item, str):
+                            yield (*unchanged, item)
+                        else:
+                            result = item
             except Cancelled:
                 # The user asked for it: a notice, not an error, and the previous result stays on screen.
                 gr.Info(text(lang, "cancelled"))
-                return (*(gr.update() for _ in range(4)), history, gr.update(), gr.update(), gr.update())
+                yield (*unchanged, gr.update())
+                return
+            assert result is not None  # the stream's final piece carries it
             download = self.service.save_output(result, fmt)
             playable = download if fmt == "wav" else self.service.save_output(result, "wav")
 
@@ -232,7 +262,7 @@ class SynthesisHandlers(WebUIBase):
         transcript = reference_text or ""
         if voice_mode == MODE_REFERENCE and (not transcript.strip() or result.reference_trimmed):
             transcript = result.reference_text or transcript
-        return (
+        yield (
             str(playable.path),
             str(download.path),
             facts,
@@ -241,6 +271,9 @@ class SynthesisHandlers(WebUIBase):
             self._history_markdown(history, lang),
             self._history_files(history),
             transcript,
+            # The carrier keeps the take until the next one, so a last piece that arrives with this update
+            # still plays.
+            gr.update(),
         )
 
     def _facts_markdown(self, result: SynthesisResult, lang: str, url: str, *, trim_notice: str = "") -> str:
@@ -442,8 +475,18 @@ def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> 
                 with gr.Row():
                     generate_btn = gr.Button(t("generate_btn"), variant="primary", scale=3, elem_id="generate")
                     cancel_btn = gr.Button(t("cancel_btn"), variant="stop", scale=1, elem_id="cancel")
-                # The browser's own player: a plain <audio src> that every browser (and screen reader)
-                # handles, seekable while the file loads.
+                # Carries the audio pieces to the browser's live player while they are generated (LIVE_PLAY_JS);
+                # hidden by CSS, not visible=False, so its change event runs in the page.
+                live_audio = gr.Textbox(
+                    value="",
+                    interactive=False,
+                    show_label=False,
+                    container=False,
+                    elem_classes=["llasa-carrier"],
+                    elem_id="live-audio",
+                )
+                # The browser's own player for the whole result: a plain <audio src> that every browser (and
+                # screen reader) handles, seekable while the file loads.
                 result_audio = gr.Audio(
                     type="filepath",
                     label=t("result_audio"),
@@ -476,6 +519,7 @@ def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> 
         text_input=text_input,
         char_count=char_count,
         result_audio=result_audio,
+        live_audio=live_audio,
         result_file=result_file,
         notice=notice,
         facts=facts,
@@ -550,6 +594,7 @@ def wire_synthesis_events(ui: SynthesisHandlers, page: SimpleNamespace, settings
             page.history_md,
             page.history_files,
             page.reference_text,
+            page.live_audio,
         ],
         api_name="synthesize",
         show_progress_on=[page.result_audio],
@@ -564,4 +609,8 @@ def wire_synthesis_events(ui: SynthesisHandlers, page: SimpleNamespace, settings
     )
     # Two halves: the flag stops the running model at its next token; `cancels` drops a queued request
     # and frees the browser at once.
-    page.cancel_btn.click(ui.cancel, inputs=None, outputs=None, cancels=[generate], api_name="cancel", **light)
+    page.cancel_btn.click(
+        ui.cancel, inputs=None, outputs=None, cancels=[generate], api_name="cancel", js=LIVE_STOP_JS, **light
+    )
+    # "multiple": every update runs the player (the default drops triggers that come while one is pending).
+    page.live_audio.change(None, inputs=[page.live_audio], outputs=None, js=LIVE_PLAY_JS, trigger_mode="multiple")
