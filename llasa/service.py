@@ -760,6 +760,18 @@ class TTSService:
             replicas=list(stats.replicas),
         )
 
+    def engine_readiness(self) -> EngineStatus:
+        """The engine's status with its readiness measured now: a vLLM engine asks every replica's /health (and is
+        built for that if no synthesis has built it yet), so /ready turns 503 while no replica answers and 200
+        again as soon as one does, without a request having to fail first."""
+        if self.settings.llasa_engine == "vllm":
+            from llasa.engine.vllm_backend import VLLMBackend
+
+            engine = self._engine_backend()
+            if isinstance(engine, VLLMBackend):
+                engine.check_health()
+        return self.engine_status()
+
     def offload(self, name: str | None = None) -> dict[str, Any]:
         return self.manager.offload(name)
 
