@@ -744,10 +744,19 @@ class TTSService:
         replicas). Not started until the first synthesis."""
         backend = self.settings.llasa_engine
         engine = self._engine
+        vllm: dict[str, Any] = {}
+        if backend == "vllm":
+            from llasa.models.vllm_server import server_is_sleeping, vllm_managed, vllm_urls
+
+            managed, reason = vllm_managed(self.settings)
+            vllm = {"managed": managed, "managed_reason": reason}
+            if managed and engine is not None:
+                vllm["sleeping"] = server_is_sleeping(vllm_urls(self.settings)[0])
         if engine is None:
-            return EngineStatus(backend=backend, started=False, ready=True)
+            return EngineStatus(backend=backend, started=False, ready=True, **vllm)
         stats = engine.stats()
         return EngineStatus(
+            **vllm,
             backend=backend,
             started=True,
             ready=stats.ready,

@@ -28,6 +28,9 @@ from vllm_server import VLLM_PYTHON, VLLMServer, free_port
 
 from api_server import RunningServer, create_app
 from llasa.config import Settings
+from llasa.errors import ModelUnavailable
+from llasa.gpu import DeviceMemory, MultiModelGPUManager
+from llasa.models.vllm_server import load_vllm_server
 from llasa.service import TTSService
 
 pytestmark = pytest.mark.skipif(
@@ -38,6 +41,17 @@ TIMEOUT_S = 120
 DEADLINE_S = 60.0
 RATE = 16000
 PCM_RATE = 24000  # the OpenAI route's rate
+# Several text chunks, each allowed 20 s (1,000 codes): seconds of sampling on these cores, for the hang-up tests.
+LONG_STREAM = {
+    "input": " ".join(
+        f"Sentence number {i} tells a little more of this long story about a quiet park." for i in range(24)
+    ),
+    "voice": "alloy",
+    "response_format": "pcm",
+    "stream_format": "audio",
+    "max_audio_seconds": 20,
+    "seed": 5,
+}
 
 
 def wait_for(predicate: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
@@ -105,6 +119,10 @@ def tts(served: Served, index: int, seconds: float) -> tuple[int, requests.Respo
     return index, served.post("/api/tts", data=fields)
 
 
+def vllm_is_sleeping(vllm: VLLMServer) -> bool:
+    return requests.get(vllm.url + "/is_sleeping", timeout=TIMEOUT_S).json()["is_sleeping"]
+
+
 def wav_seconds(response: requests.Response) -> tuple[np.ndarray, float]:
     assert response.status_code == 200, response.text
     audio, rate = soundfile.read(io.BytesIO(response.content), dtype="float32")
@@ -166,18 +184,10 @@ def test_eight_concurrent_requests_each_get_their_own_audio(served: Served) -> N
 
 
 def test_a_hung_up_stream_frees_its_sequences_on_the_server(served: Served, vllm: VLLMServer) -> None:
-    body = {
-        "input": "A long answer nobody waits for. It has two sentences.",
-        "voice": "alloy",
-        "response_format": "pcm",
-        "stream_format": "audio",
-        "max_audio_seconds": 20,
-        "seed": 5,
-    }
-    response = served.post("/v1/audio/speech", json=body, stream=True)
+    response = served.post("/v1/audio/speech", json=LONG_STREAM, stream=True)
     assert response.status_code == 200, response.text
     assert next(response.iter_content(chunk_size=1024))
-    # 2 x 1,000 codes take seconds on these cores: the server is generating both chunks now
+    # several chunks of up to 1,000 codes each: they are still being sampled when the first audio arrives
     assert vllm.metric("vllm:num_requests_running") >= 1
     response.close()
     wait_for(lambda: vllm.metric("vllm:num_requests_running") == 0, "vLLM to abort the abandoned sequences")
@@ -246,6 +256,90 @@ def test_gradio_client_synthesizes_through_vllm(served: Served) -> None:
     finally:
         client.close()
         demo.close()
+
+
+# --- the GPU manager puts the local server to sleep and wakes it -------------------------------------------------
+
+
+def test_the_manager_sleeps_the_idle_server_and_a_request_wakes_it(served: Served, vllm: VLLMServer) -> None:
+    manager = served.service.manager
+    assert "vllm" in manager.model_names  # 127.0.0.1 is this host: managed (VLLM_MANAGED=auto)
+    _, first = tts(served, 2, 0.1)
+    assert first.status_code == 200, first.text
+    # GPU_OFFLOAD_AFTER_USE (the default): idle after the last request, so asleep, by the server's own word
+    wait_for(lambda: manager.state_of("vllm") == "cpu", "the manager to offload the idle server")
+    assert vllm_is_sleeping(vllm) is True
+    engine = served.get("/api/gpu/status").json()["engine"]
+    assert (engine["managed"], engine["sleeping"]) == (True, True)
+    before = served.get("/api/gpu/status").json()["models"]["vllm"]
+
+    response = served.post("/v1/audio/speech", json={**LONG_STREAM, "seed": 8}, stream=True)
+    assert response.status_code == 200, response.text
+    assert next(response.iter_content(chunk_size=1024))
+    # a sequence in flight: awake, leased, and the idle offload does not touch it
+    assert vllm_is_sleeping(vllm) is False
+    assert manager.state_of("vllm") == "gpu"
+    assert served.service.manager.model_status("vllm")["leases"] >= 1
+    assert vllm.metric("vllm:num_requests_running") >= 1
+    response.close()
+
+    wait_for(lambda: vllm.metric("vllm:num_requests_running") == 0, "vLLM to abort the abandoned sequences")
+    wait_for(lambda: manager.state_of("vllm") == "cpu", "the manager to put the idle server back to sleep")
+    assert vllm_is_sleeping(vllm) is True
+    after = served.get("/api/gpu/status").json()["models"]["vllm"]
+    assert after["reloads"] > before["reloads"]
+    assert after["offloads"] > before["offloads"]
+    assert after["size_bytes"] > 0  # its reservation: VLLM_GPU_MEMORY_UTILIZATION of the device
+    # and a plain request after that still works (wakes it once more)
+    _, done = tts(served, 3, 0.2)
+    assert wav_seconds(done)[1] == pytest.approx(0.2, abs=0.021)
+
+
+def test_admission_puts_the_idle_server_to_sleep_to_make_room(settings: Settings, vllm: VLLMServer) -> None:
+    """On a 5 GB card with the server awake (4 GB), a 2 GB codec fits only once the server sleeps; the server cannot
+    wake while the codec holds its 2 GB, and wakes once the idle codec makes room. The memory is a probe's numbers
+    (a CPU server frees nothing); the sleeps and wakes are the real server's."""
+    gb = 10**9
+    awake: dict[str, bool] = {"vllm": False, "codec": False}
+
+    class Codec:
+        def move_to(self, device: str) -> None:
+            awake["codec"] = device != "cpu"
+
+        def size_bytes(self) -> int:
+            return 2 * gb
+
+        def close(self) -> None:
+            awake["codec"] = False
+
+    def probe() -> DeviceMemory:
+        used = 4 * gb * (vllm_is_sleeping(vllm) is False) + 2 * gb * awake["codec"]
+        return DeviceMemory(5 * gb, 5 * gb - used, used, used, "probe")
+
+    def load_codec(device: str) -> Codec:
+        awake["codec"] = True
+        return Codec()
+
+    stay = settings.model_copy(
+        update={"gpu_offload_after_use": False, "gpu_idle_timeout": -1, "gpu_memory_headroom_mb": 0}
+    )
+    manager = MultiModelGPUManager(stay, device="cpu", memory_probe=probe, collect_garbage=False)
+    manager.register_model("vllm", lambda device: load_vllm_server(stay, 4 * gb))
+    manager.register_model("codec", load_codec, estimated_bytes=2 * gb)
+    try:
+        with manager.use("vllm"):
+            assert vllm_is_sleeping(vllm) is False
+        with manager.use("codec"):
+            assert manager.state_of("vllm") == "cpu"
+            assert vllm_is_sleeping(vllm) is True
+            with pytest.raises(ModelUnavailable, match="vllm needs"), manager.use("vllm"):
+                pass
+        with manager.use("vllm"):  # the idle codec makes room
+            assert manager.state_of("codec") == "cpu"
+            assert vllm_is_sleeping(vllm) is False
+    finally:
+        manager.shutdown()
+        requests.post(vllm.url + "/wake_up", timeout=TIMEOUT_S)  # leave it awake for the module's service
 
 
 # --- faults (last: restarts the module's server) ------------------------------------------------------------------
