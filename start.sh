@@ -6,6 +6,8 @@
 #   ./start.sh --demo     use tiny random checkpoints (no GPU, no download; the audio is noise)
 #   ./start.sh --check    check the environment and configuration, start nothing
 #   ./start.sh --no-build Docker without building: use the image already there (offline hosts, docker load)
+#   ./start.sh --engine vllm|transformers  Docker: the Llasa LM in a vLLM container beside the service (compose
+#                         profile `vllm`), or the embedded engine; remembered in .env until changed
 #   ./stop.sh             stop whichever is running
 #
 # Environment: GPU_ID (which GPU; default: the most free memory), UI_PORT / API_PORT / MCP_PORT / HOST (override
@@ -374,10 +376,35 @@ start_local() {
   print_summary local
 }
 
+# Writes the engine choice into .env, where both Compose (COMPOSE_PROFILES) and the service read it: vllm = the
+# profile's vLLM container at http://vllm:8000, on this machine's GPUs, so the service's GPU manager manages it.
+set_engine() {
+  case "$1" in
+  vllm)
+    set_env_value LLASA_ENGINE vllm
+    set_env_value VLLM_URL http://vllm:8000
+    set_env_value VLLM_MANAGED true
+    set_env_value COMPOSE_PROFILES vllm
+    ;;
+  transformers)
+    set_env_value LLASA_ENGINE transformers
+    set_env_value COMPOSE_PROFILES ""
+    ;;
+  *) die "unknown engine: $1 (use --engine vllm or --engine transformers)" ;;
+  esac
+}
+
 start_docker() {
   local demo=$1 build=$2 gpu status=0 runtime
   ensure_env_file
   make_folders
+  if [ -n "${engine:-}" ]; then
+    set_engine "$engine"
+    say "engine: $engine (written to .env)"
+  fi
+  # Compose reads COMPOSE_PROFILES from the environment before .env: pass the value .env now has.
+  COMPOSE_PROFILES=$(config_value COMPOSE_PROFILES "")
+  export COMPOSE_PROFILES
   runtime=$(config_value DOCKER_RUNTIME nvidia)
   if gpu=$(choose_gpu); then
     if [ "$runtime" != nvidia ]; then
@@ -513,12 +540,19 @@ PY
 
 # --- main ----------------------------------------------------------------------------------------------------
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 main() {
   local local_mode=0 demo=0 check=0 build=1
+  engine=""
   while [ $# -gt 0 ]; do
     case "$1" in
+    --engine)
+      [ $# -ge 2 ] || die "--engine needs a value: vllm or transformers"
+      engine=$2
+      shift
+      ;;
+    --engine=*) engine=${1#--engine=} ;;
     --local) local_mode=1 ;;
     --demo) demo=1 ;;
     --check) check=1 ;;
@@ -535,6 +569,14 @@ main() {
   if [ "$check" = 1 ]; then
     run_check "$local_mode"
     return
+  fi
+  case "$engine" in
+  "" | vllm | transformers) ;;
+  *) die "unknown engine: $engine (use --engine vllm or --engine transformers)" ;;
+  esac
+  if [ "$engine" = vllm ] && { [ "$local_mode" = 1 ] || ! docker_usable; }; then
+    die "--engine vllm runs vLLM's server container (compose profile vllm) and needs Docker; without Docker start a
+vLLM server yourself and set LLASA_ENGINE=vllm and VLLM_URL in .env (docs/scaling.md)"
   fi
   if [ "$local_mode" = 1 ]; then
     start_local "$demo"

@@ -121,6 +121,18 @@ class Settings(BaseSettings):
     or more vLLM servers at VLLM_URL (docs/scaling.md)."""
     vllm_url: str = ""
     """With LLASA_ENGINE=vllm: the vLLM server's base URL (http://host:8000), or several replicas comma-separated."""
+    vllm_managed: Literal["auto", "true", "false"] = "auto"
+    """Whether the GPU manager puts the vLLM server to sleep when idle and wakes it for work (model "vllm"): auto =
+    when VLLM_URL names one server on this host; true = always (a vLLM container on this machine's GPUs); false =
+    never (a remote or shared server)."""
+    vllm_gpu_memory_gb: float = Field(0.0, ge=0)
+    """GPU memory a managed vLLM server takes when awake (GB; weights + KV cache), counted by VRAM admission so
+    XCodec2 and Whisper still fit beside it (0 = VLLM_GPU_MEMORY_UTILIZATION x the card's total memory)."""
+    vllm_gpu_memory_utilization: float = Field(0.6, gt=0, le=1)
+    """Share of each GPU's memory the vLLM server reserves (its --gpu-memory-utilization in the compose profile
+    `vllm`); the rest is left for XCodec2, Whisper and other programs."""
+    vllm_tensor_parallel_size: int = Field(1, ge=1, le=64)
+    """GPUs the compose profile `vllm` splits the Llasa LM over (vLLM's --tensor-parallel-size)."""
     max_batch_sequences: int = Field(16, ge=1, le=1024)
     """Requests synthesised at the same time (more wait in the queue, up to MAX_QUEUE), and the text chunks the
     embedded engine advances together in one batch."""

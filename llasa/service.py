@@ -767,10 +767,19 @@ class TTSService:
         replicas). Not started until the first synthesis."""
         backend = self.settings.llasa_engine
         engine = self._engine
+        vllm: dict[str, Any] = {}
+        if backend == "vllm":
+            from llasa.models.vllm_server import server_is_sleeping, vllm_managed, vllm_urls
+
+            managed, reason = vllm_managed(self.settings)
+            vllm = {"managed": managed, "managed_reason": reason}
+            if managed and engine is not None:
+                vllm["sleeping"] = server_is_sleeping(vllm_urls(self.settings)[0])
         if engine is None:
-            return EngineStatus(backend=backend, started=False, ready=True)
+            return EngineStatus(backend=backend, started=False, ready=True, **vllm)
         stats = engine.stats()
         return EngineStatus(
+            **vllm,
             backend=backend,
             started=True,
             ready=stats.ready,
@@ -782,6 +791,18 @@ class TTSService:
             oom_shrinks=stats.oom_shrinks,
             replicas=list(stats.replicas),
         )
+
+    def engine_readiness(self) -> EngineStatus:
+        """The engine's status with its readiness measured now: a vLLM engine asks every replica's /health (and is
+        built for that if no synthesis has built it yet), so /ready turns 503 while no replica answers and 200
+        again as soon as one does, without a request having to fail first."""
+        if self.settings.llasa_engine == "vllm":
+            from llasa.engine.vllm_backend import VLLMBackend
+
+            engine = self._engine_backend()
+            if isinstance(engine, VLLMBackend):
+                engine.check_health()
+        return self.engine_status()
 
     def offload(self, name: str | None = None) -> dict[str, Any]:
         return self.manager.offload(name)

@@ -346,6 +346,12 @@ class EngineStatus:
     oom_shrinks: int = 0
     replicas: list[dict[str, Any]] = field(default_factory=list)
     """vLLM replicas: url, healthy, outstanding, completed, failures, last_error."""
+    managed: bool = False
+    """vLLM: whether the GPU manager manages the server (model "vllm": offload = sleep, reload = wake up)."""
+    managed_reason: str = ""
+    """vLLM: why it is managed or not (VLLM_MANAGED, a URL not on this host, several replicas)."""
+    sleeping: bool | None = None
+    """vLLM, managed: the server's own `/is_sleeping` (null when it does not answer)."""
 
 
 @dataclass

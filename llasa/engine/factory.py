@@ -13,6 +13,7 @@ from llasa.errors import ModelUnavailable
 from llasa.prompt import SpeechTokenIds
 
 LLASA = "llasa"
+VLLM = "vllm"
 
 
 def build_backend(settings: Settings, manager: Any, token_ids: SpeechTokenIds) -> GenerationBackend:
@@ -26,7 +27,9 @@ def build_backend(settings: Settings, manager: Any, token_ids: SpeechTokenIds) -
             raise ModelUnavailable(
                 "LLASA_ENGINE=vllm needs VLLM_URL: the vLLM server's URL, or several comma-separated"
             )
-        return VLLMBackend(urls, token_ids)
+        # A server on this machine the GPU manager manages (llasa.models.vllm_server): sequences lease it.
+        managed = VLLM in manager.model_names
+        return VLLMBackend(urls, token_ids, lease=(lambda: manager.use(VLLM)) if managed else None)
 
     from llasa.engine.transformers_backend import TransformersEngine
 

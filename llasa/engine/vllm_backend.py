@@ -16,6 +16,7 @@ Cancelling a stream closes its HTTP response; vLLM aborts a request whose client
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -85,7 +86,10 @@ class VLLMBackend:
         session_factory: Callable[[], requests.Session] = requests.Session,
         clock: Callable[[], float] = time.monotonic,
         name: str = "vllm",
+        lease: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
+        """`lease`, for a server the GPU manager manages: held while a sequence streams from it (so the manager
+        never puts it to sleep under a running request), and taking it wakes a sleeping server."""
         cleaned = [url.strip().rstrip("/") for url in urls if url.strip()]
         if not cleaned:
             raise ValueError("VLLM_URL names no server: give one URL or several, comma-separated")
@@ -103,6 +107,7 @@ class VLLMBackend:
         self._streams: set[CodeStream] = set()
         self._shutdown = False
         self._tokens = 0
+        self._lease = lease
 
     # --- GenerationBackend ---------------------------------------------------------------------------------------
 
@@ -298,7 +303,13 @@ class VLLMBackend:
         self, replica: Replica, stream: CodeStream, prompt_ids: list[int], max_tokens: int
     ) -> FinishReason:
         """Run one sequence on `replica`, pushing codes as they arrive; the reason it ended."""
-        with self._session_factory() as session:
+        with contextlib.ExitStack() as stack:
+            if self._lease is not None:
+                try:
+                    stack.enter_context(self._lease())
+                except TTSError as e:  # it could not be woken up: the replica's failure, not this request's
+                    raise _ReplicaFailed(str(e)) from e
+            session = stack.enter_context(self._session_factory())
             model = self._model_name(replica, session)
             body = self._request_body(model, prompt_ids, stream.params, max_tokens)
             try:

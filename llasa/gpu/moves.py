@@ -15,7 +15,16 @@ from collections import deque
 
 from llasa.errors import ModelUnavailable, TTSError
 from llasa.gpu.memory import cuda_ready, format_bytes, free_memory, is_out_of_memory
-from llasa.gpu.table import PAST_TENSE, ManagedModel, ManagerBase, ModelEntry, ModelState, lease_word
+from llasa.gpu.table import (
+    PAST_TENSE,
+    ManagedModel,
+    ManagerBase,
+    ModelEntry,
+    ModelState,
+    lease_word,
+    offload_model,
+    reload_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +57,7 @@ class MovesMixin(ManagerBase):
                     size = int(model.size_bytes())
                 else:
                     assert model is not None
-                    model.move_to(self.device)
+                    reload_model(model, self.device)
                     size = entry.size_bytes or int(model.size_bytes())
                 break
             except BaseException as exc:
@@ -123,7 +132,7 @@ class MovesMixin(ManagerBase):
             return None
         assert model is not None
         try:
-            model.move_to("cpu")
+            offload_model(model)
         except Exception as exc:
             self._fail_load(entry, kind, previous, model, exc, duration_s)
             raise ModelUnavailable(
@@ -149,7 +158,7 @@ class MovesMixin(ManagerBase):
         elif kind == "reload" and model is not None:
             # Put a half-moved model back in CPU RAM so the next use() reloads it cleanly.
             try:
-                model.move_to("cpu")
+                offload_model(model)
                 state = previous
             except Exception:
                 logger.exception("%s: could not move back to cpu after a failed reload; releasing it", entry.name)
@@ -219,7 +228,7 @@ class MovesMixin(ManagerBase):
         assert model is not None
         started = time.perf_counter()
         try:
-            model.move_to("cpu")
+            offload_model(model)
         except Exception as exc:
             logger.exception("%s offload failed; releasing it instead", entry.name)
             with self._lock:

@@ -37,6 +37,33 @@ class ManagedModel(Protocol):
         """Drop every reference to the weights, so that release returns the memory."""
 
 
+@runtime_checkable
+class SleepingModel(Protocol):
+    """A managed model that is a server rather than weights in this process (a vLLM server): the manager's offload
+    puts it to sleep and its reload wakes it up, whatever the manager's device (on a CPU-only machine both moves
+    would otherwise be `move_to("cpu")`)."""
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+
+def offload_model(model: ManagedModel) -> None:
+    """Offload: to CPU RAM, or to sleep."""
+    if isinstance(model, SleepingModel):
+        model.sleep()
+    else:
+        model.move_to("cpu")
+
+
+def reload_model(model: ManagedModel, device: str) -> None:
+    """Reload: onto `device`, or awake."""
+    if isinstance(model, SleepingModel):
+        model.wake_up()
+    else:
+        model.move_to(device)
+
+
 Loader = Callable[[str], ManagedModel]
 """Gets the target device ("cuda:0" or "cpu") and returns the model already on it."""
 

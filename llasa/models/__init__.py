@@ -31,6 +31,7 @@ from llasa.models.llasa_lm import (
     load_llasa,
     load_llasa_tokenizer,
 )
+from llasa.models.vllm_server import VLLM, load_vllm_server, reserved_bytes, vllm_managed
 from llasa.models.whisper import WhisperTranscriber, load_whisper
 from llasa.models.xcodec2 import XCodec2Codec, load_xcodec2
 from llasa.types import MODEL_NAMES
@@ -61,6 +62,8 @@ __all__ = [
 
 def register_models(manager: MultiModelGPUManager, settings: Settings) -> None:
     """Register the loaders of "llasa", "xcodec2" and "whisper" with `manager`; nothing loads until first use.
+    With LLASA_ENGINE=vllm and a server the manager manages (VLLM_MANAGED, `llasa.models.vllm_server`), also "vllm":
+    its offload puts the server to sleep, its reload wakes it.
 
     A name the manager already knows (a second service on the process-wide manager, or a test's own loader)
     keeps its registration.
@@ -79,6 +82,16 @@ def register_models(manager: MultiModelGPUManager, settings: Settings) -> None:
             estimate_bytes(settings.whisper_model, ["model.bin"]),
         ),
     }
+    managed, why = vllm_managed(settings)
+    if managed:
+        # No estimate for the first load: the server already holds its memory when it is first asked (awake);
+        # from then on its reservation is the size admission counts when it wakes.
+        loaders[VLLM] = (
+            lambda device: load_vllm_server(settings, reserved_bytes(settings, manager.device_memory().total_bytes)),
+            None,
+        )
+    elif settings.llasa_engine == "vllm":
+        logger.info("the vLLM server is not managed by the GPU manager: %s", why)
     known = set(manager.model_names)
     for name, (loader, estimated_bytes) in loaders.items():
         if name in known:

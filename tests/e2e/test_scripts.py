@@ -118,6 +118,33 @@ def test_compose_takes_gpu_and_ports_from_the_environment(tmp_path: Path) -> Non
     assert [entry["path"] for entry in raw["env_file"]] == [".env", ".env.demo"]
 
 
+def test_compose_profile_vllm_runs_the_pinned_vllm_server_beside_the_service(tmp_path: Path) -> None:
+    command, env = compose_command(tmp_path)
+    plain = run([*command, "-f", "docker-compose.yml", "config", "--format", "json"], env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert set(json.loads(plain.stdout)["services"]) == {"llasa-tts"}  # the default: the embedded engine only
+
+    env.update(COMPOSE_PROFILES="vllm", VLLM_TENSOR_PARALLEL_SIZE="2", NVIDIA_VISIBLE_DEVICES="0,1")
+    result = run([*command, "-f", "docker-compose.yml", "config", "--format", "json"], env=env)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    vllm = services["vllm"]
+    assert vllm["image"] == "vllm/vllm-openai:v0.32.0"
+    flags = vllm["command"]
+    for flag in ("--enable-prefix-caching", "--enable-sleep-mode", "--tensor-parallel-size=2"):
+        assert flag in flags
+    assert "--logits-processors=llasa_logits:SpeechOnlyLogitsProcessorV2" in flags
+    assert vllm["environment"]["VLLM_SERVER_DEV_MODE"] == "1"
+    assert vllm["environment"]["NVIDIA_VISIBLE_DEVICES"] == "0,1"
+    plugins = next(v for v in vllm["volumes"] if v["target"] == vllm["environment"]["PYTHONPATH"])
+    assert Path(plugins["source"]) == REPO / "vllm_plugins"
+    assert (REPO / "vllm_plugins" / "llasa_logits.py").is_file()
+    # the same weights volume and cache as the service
+    weights = {(v["source"], v["target"]) for v in services["llasa-tts"]["volumes"]}
+    assert {(v["source"], v["target"]) for v in vllm["volumes"] if v["target"] == "/app/models_cache"} <= weights
+    assert vllm["environment"]["HF_HOME"] == services["llasa-tts"]["environment"]["HF_HOME"]
+
+
 # --- GPU choice against a fake nvidia-smi --------------------------------------------------------------------
 
 
@@ -779,6 +806,36 @@ def test_starting_again_while_the_container_runs_updates_it(docker_checkout) -> 
     assert "Llasa TTS is running (docker)." in again.stdout
     assert [call.split(" | ")[0].rsplit(".yml ", 1)[1] for call in docker_calls(fake_dir)] == ["build", "up -d"] * 2
     assert run(["./stop.sh"], env=env, cwd=checkout).returncode == 0
+
+
+def test_engine_vllm_selects_the_compose_profile_and_the_service_settings(docker_checkout) -> None:
+    checkout, env, fake_dir = docker_checkout
+    result = run(["./start.sh", "--engine", "vllm"], env=env, cwd=checkout, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "engine: vllm" in result.stdout
+    dotenv = (checkout / ".env").read_text()
+    for line in ("LLASA_ENGINE=vllm", "VLLM_URL=http://vllm:8000", "VLLM_MANAGED=true", "COMPOSE_PROFILES=vllm"):
+        assert f"\n{line}\n" in dotenv
+    assert [call.split(" | ")[0].rsplit(".yml ", 1)[1] for call in docker_calls(fake_dir)] == ["build", "up -d"]
+    assert run(["./stop.sh"], env=env, cwd=checkout).returncode == 0
+
+    back = run(["./start.sh", "--engine=transformers", "--no-build"], env=env, cwd=checkout, timeout=120)
+    assert back.returncode == 0, back.stdout + back.stderr
+    dotenv = (checkout / ".env").read_text()
+    assert "\nLLASA_ENGINE=transformers\n" in dotenv
+    assert "\nCOMPOSE_PROFILES=\n" in dotenv
+    assert dotenv.count("\nLLASA_ENGINE=") == 1  # replaced, not appended
+    assert run(["./stop.sh"], env=env, cwd=checkout).returncode == 0
+
+
+def test_engine_vllm_needs_docker(docker_checkout) -> None:
+    checkout, env, _ = docker_checkout
+    result = run(["./start.sh", "--local", "--engine", "vllm"], env=env, cwd=checkout, timeout=60)
+    assert result.returncode != 0
+    assert "needs Docker" in result.stderr
+    refused = run(["./start.sh", "--engine", "tgi"], env=env, cwd=checkout, timeout=60)
+    assert refused.returncode != 0
+    assert "unknown engine: tgi" in refused.stderr
 
 
 def test_no_build_starts_the_image_already_there(docker_checkout) -> None:

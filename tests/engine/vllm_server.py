@@ -33,10 +33,13 @@ def free_port() -> int:
 class VLLMServer:
     """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1, started and stopped by the tests."""
 
-    def __init__(self, model_dir: Path, log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, model_dir: Path, log_path: Path, port: int | None = None, *, prefix_caching: bool = True
+    ) -> None:
         self.model_dir = model_dir
         self.log_path = log_path
         self.port = port or free_port()
+        self.prefix_caching = prefix_caching
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,7 +72,7 @@ class VLLMServer:
             "--max-model-len",
             "2048",
             "--enforce-eager",
-            "--enable-prefix-caching",
+            "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
             "--logits-processors",
             CPU_LOGITS_PROCESSOR,
         ]

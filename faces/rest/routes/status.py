@@ -47,7 +47,8 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> tuple[Response, int]:
-    """Readiness: 200 when the service accepts work, 503 while it shuts down (no auth needed).
+    """Readiness: 200 when the service accepts work; 503 while it shuts down or its engine cannot take work (with
+    LLASA_ENGINE=vllm: no vLLM server answers /health). No auth needed.
     ---
     tags: [status]
     security: []
@@ -61,7 +62,7 @@ def ready() -> tuple[Response, int]:
             queue_depth: {type: integer}
             max_queue: {type: integer}
       503:
-        description: shutting down or the service cannot report its health
+        description: shutting down, the service cannot report its health, or the engine cannot take work
         schema: {$ref: '#/definitions/Error'}
     """
     ctx = api_context()
@@ -70,10 +71,15 @@ def ready() -> tuple[Response, int]:
     try:
         status = ctx.service.health().get("status")
     except Exception:
-        logger.warning("readiness probe: ctx.service health failed", exc_info=True)
+        logger.warning("readiness probe: the service health failed", exc_info=True)
         status = "error"
     if status != "ok":
-        return jsonify(error_body("not_ready", f"the ctx.service reports status {status!r}")), 503
+        return jsonify(error_body("not_ready", f"the service reports status {status!r}")), 503
+    engine = ctx.service.engine_readiness()
+    if not engine.ready:
+        errors = "; ".join(f"{r['url']}: {r['last_error'] or 'unreachable'}" for r in engine.replicas)
+        message = f"the Llasa engine ({engine.backend}) cannot take work: no server answers ({errors})"
+        return jsonify(error_body("not_ready", message)), 503
     return jsonify({"ready": True, "queue_depth": ctx.service.queue_depth, "max_queue": ctx.settings.max_queue}), 200
 
 
