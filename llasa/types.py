@@ -18,6 +18,9 @@ from llasa.text import normalize_text, refuse_control_markup
 from llasa.units import CODES_PER_SECOND, MAX_SEED, SAMPLE_RATE, SAMPLES_PER_CODE  # noqa: F401
 
 MODEL_NAMES = ("llasa", "xcodec2", "whisper")
+MANAGEABLE_MODEL_NAMES = (*MODEL_NAMES, "vllm")
+"""Every name a GPU control may target: "vllm" is registered only when LLASA_ENGINE=vllm and the manager manages
+a vLLM server on this machine (VLLM_MANAGED); asking for it otherwise is answered with the registered names."""
 """The models the service registers with the GPU manager, in the order every status lists them."""
 
 #: What every audio input may be: encoded file bytes, or a path to a file.

@@ -16,7 +16,7 @@ from faces.inputs import read_audio_input
 from llasa.audio import AUDIO_FORMATS
 from llasa.config import Settings
 from llasa.errors import TTSError
-from llasa.types import MAX_SEED, MODEL_NAMES
+from llasa.types import MANAGEABLE_MODEL_NAMES, MAX_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ OutputSampleRate = Annotated[int | None, _schema(minimum=8000, maximum=192000)]
 
 TimeoutSeconds = Annotated[float | None, _schema(minimum=-1)]
 
-ModelName = Annotated[str | None, _schema(enum=[*MODEL_NAMES, None])]
+ModelName = Annotated[str | None, _schema(enum=[*MANAGEABLE_MODEL_NAMES, None])]
 
 DOC_SETTINGS = (
     "max_text_chars",

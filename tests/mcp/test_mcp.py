@@ -216,7 +216,14 @@ def test_tools_are_listed_with_schemas_descriptions_and_annotations(url: str, se
         assert hints(name)["readOnlyHint"] is False, name
         assert hints(name)["destructiveHint"] is False, name
     assert all(hints(name)["openWorldHint"] is False for name in TOOLS)
-    assert tools["offload_gpu"].input_schema["properties"]["model"]["enum"] == ["llasa", "xcodec2", "whisper", None]
+    # "vllm" too: a managed vLLM server (LLASA_ENGINE=vllm) is offloaded and released by name like the others
+    assert tools["offload_gpu"].input_schema["properties"]["model"]["enum"] == [
+        "llasa",
+        "xcodec2",
+        "whisper",
+        "vllm",
+        None,
+    ]
     update = tools["update_voice"]
     assert update.input_schema["required"] == ["name", "transcript"]
     assert "word for word" in update.description
@@ -472,6 +479,10 @@ def test_gpu_tools_change_and_report_model_state(url: str, service: TTSService, 
             action("gpt")
         assert "no model named 'gpt'" in unknown.value.message
         assert run(call_error(url, tool, {"model": "gpt"})) == unknown.value.message
+        # "vllm" is in the schema, but this service runs the embedded engine: the registered names are listed
+        message = run(call_error(url, tool, {"model": "vllm"}))
+        assert "no model named 'vllm'" in message
+        assert "llasa" in message
 
 
 def test_update_gpu_timeout(url: str, service: TTSService) -> None:

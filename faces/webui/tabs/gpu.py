@@ -22,7 +22,7 @@ from faces.webui.common import (
 from faces.webui.handlers import WebUIBase
 from faces.webui.i18n import STRINGS, text
 from llasa.config import Settings
-from llasa.types import MODEL_NAMES, DeviceStatus
+from llasa.types import MANAGEABLE_MODEL_NAMES, MODEL_NAMES, DeviceStatus
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,11 @@ class GPUHandlers(WebUIBase):
         return policy.idle_timeout_s, policy.evict_timeout_s, policy.offload_after_use
 
 
+def _model_choices(settings: Settings) -> tuple[str, ...]:
+    """The models the panel can offload or release: the three, and a managed vLLM server with LLASA_ENGINE=vllm."""
+    return MANAGEABLE_MODEL_NAMES if settings.llasa_engine == "vllm" else MODEL_NAMES
+
+
 def create_gpu_tab(settings: Settings, t: gr.I18n) -> SimpleNamespace:
     """The tab's components (call inside `gr.Tabs()`); `create_ui` wires the events that span tabs."""
     # --- GPU ------------------------------------------------------------------------------------
@@ -143,7 +148,7 @@ def create_gpu_tab(settings: Settings, t: gr.I18n) -> SimpleNamespace:
         models_table = gr.Markdown(elem_id="gpu-models")
         with gr.Row():
             gpu_model = gr.Dropdown(
-                [(t("all_models"), ALL_MODELS), *((name, name) for name in MODEL_NAMES)],
+                [(t("all_models"), ALL_MODELS), *((name, name) for name in _model_choices(settings))],
                 value=ALL_MODELS,
                 label=t("gpu_model"),
                 scale=2,
