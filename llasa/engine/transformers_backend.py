@@ -53,19 +53,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from llasa.engine.batch import SPARE_COLUMNS, PaddedBatch
 from llasa.engine.sampling import RowState, SpeechWindow, make_row_state, sample_next
-from llasa.engine.types import CodeStream, EngineStats, FinishReason, SamplingParams
-from llasa.errors import Busy, InvalidInput
+from llasa.engine.types import CodeStream, EngineStats, FinishReason, SamplingParams, prepare_submission
+from llasa.errors import Busy
 from llasa.prompt import SpeechTokenIds
 
 logger = logging.getLogger(__name__)
@@ -161,24 +160,13 @@ class TransformersEngine:
     # --- public API ------------------------------------------------------------------------------------------
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> CodeStream:
-        params.validate()
-        ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise InvalidInput("the prompt is empty")
-        room = self.context_tokens - len(ids)
-        if room < 1:
-            raise InvalidInput(
-                f"the prompt takes {len(ids)} tokens, the whole {self.context_tokens}-token context; "
-                "use a shorter reference or text"
-            )
-        seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
-        params = replace(params, seed=seed)
+        ids, params, room = prepare_submission(prompt_ids, params, self.context_tokens)
         with self._cond:
             if self._shutdown:
                 raise Busy(f"{self.name} is shut down; no new sequences are accepted")
             self._next_id += 1
             stream = CodeStream(self._next_id, params, len(ids))
-            seq = _Sequence(stream, ids, min(params.max_new_tokens, room), seed, self._next_id)
+            seq = _Sequence(stream, ids, min(params.max_new_tokens, room), int(params.seed), self._next_id)
             self._waiting.append(seq)
             self._ensure_thread()
             self._cond.notify_all()

@@ -15,10 +15,11 @@ No torch here: a face or the service can import this module cheaply.
 from __future__ import annotations
 
 import enum
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from llasa.errors import InvalidInput
@@ -207,6 +208,26 @@ class EngineStats:
     """Can take sequences now (a vLLM backend: at least one replica is believed healthy)."""
     replicas: tuple[dict, ...] = ()
     """A vLLM backend's replicas (url, healthy, outstanding, completed, failures, last_error)."""
+
+
+def prepare_submission(
+    prompt_ids: Sequence[int], params: SamplingParams, context_tokens: int
+) -> tuple[list[int], SamplingParams, int]:
+    """What every backend checks before queueing a sequence: valid parameters, a prompt that leaves room in the
+    context. Returns the prompt as ints, the parameters with a seed (a random one when none was given, so the stream
+    can report it) and the room left for new tokens; raises InvalidInput otherwise."""
+    params.validate()
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise InvalidInput("the prompt is empty")
+    room = context_tokens - len(ids)
+    if room < 1:
+        raise InvalidInput(
+            f"the prompt takes {len(ids)} tokens, the whole {context_tokens}-token context; "
+            "use a shorter reference or text"
+        )
+    seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
+    return ids, replace(params, seed=seed), room
 
 
 class GenerationBackend(Protocol):

@@ -20,16 +20,15 @@ import contextlib
 import itertools
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
-from llasa.engine.types import CodeStream, EngineStats, FinishReason, SamplingParams
+from llasa.engine.types import CodeStream, EngineStats, FinishReason, SamplingParams, prepare_submission
 from llasa.errors import Busy, InvalidInput, ModelUnavailable, TTSError
 from llasa.prompt import NUM_SPEECH_CODES, SpeechTokenIds
 
@@ -112,18 +111,7 @@ class VLLMBackend:
     # --- GenerationBackend ---------------------------------------------------------------------------------------
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> CodeStream:
-        params.validate()
-        ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise InvalidInput("the prompt is empty")
-        room = self.context_tokens - len(ids)
-        if room < 1:
-            raise InvalidInput(
-                f"the prompt takes {len(ids)} tokens, the whole {self.context_tokens}-token context; "
-                "use a shorter reference or text"
-            )
-        seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**63)
-        params = replace(params, seed=seed)
+        ids, params, room = prepare_submission(prompt_ids, params, self.context_tokens)
         with self._lock:
             if self._shutdown:
                 raise Busy(f"{self.name} is shut down; no new sequences are accepted")
