@@ -3,8 +3,6 @@ client of one or more vLLM servers (VLLM_URL)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from llasa.config import Settings
@@ -33,12 +31,11 @@ def build_backend(settings: Settings, manager: Any, token_ids: SpeechTokenIds) -
 
     from llasa.engine.transformers_backend import TransformersEngine
 
-    @contextmanager
-    def lease() -> Iterator[Any]:
-        with manager.use(LLASA) as llasa:
-            yield llasa.model
-
+    # The lease yields the service's LlasaModel; the engine takes its `.model` (transformers_backend._unwrap).
     kv_bytes = settings.engine_kv_cache_mb * 2**20 or None
     return TransformersEngine(
-        lease, token_ids, max_batch_sequences=settings.max_batch_sequences, kv_cache_bytes=kv_bytes
+        lambda: manager.use(LLASA),
+        token_ids,
+        max_batch_sequences=settings.max_batch_sequences,
+        kv_cache_bytes=kv_bytes,
     )
