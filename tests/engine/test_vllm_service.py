@@ -187,8 +187,9 @@ def test_a_hung_up_stream_frees_its_sequences_on_the_server(served: Served, vllm
     response = served.post("/v1/audio/speech", json=LONG_STREAM, stream=True)
     assert response.status_code == 200, response.text
     assert next(response.iter_content(chunk_size=1024))
-    # several chunks of up to 1,000 codes each: they are still being sampled when the first audio arrives
-    assert vllm.metric("vllm:num_requests_running") >= 1
+    # several chunks of up to 1,000 codes each: they are still being sampled when the first audio arrives (vLLM
+    # refreshes its gauges on its own schedule, so poll)
+    wait_for(lambda: vllm.metric("vllm:num_requests_running") >= 1, "vLLM to report the running sequences")
     response.close()
     wait_for(lambda: vllm.metric("vllm:num_requests_running") == 0, "vLLM to abort the abandoned sequences")
     wait_for(lambda: served.service.engine_status().running == 0, "the client to forget them")
@@ -280,7 +281,8 @@ def test_the_manager_sleeps_the_idle_server_and_a_request_wakes_it(served: Serve
     assert vllm_is_sleeping(vllm) is False
     assert manager.state_of("vllm") == "gpu"
     assert served.service.manager.model_status("vllm")["leases"] >= 1
-    assert vllm.metric("vllm:num_requests_running") >= 1
+    # vLLM refreshes its gauges on its own schedule: poll, the sequences run for many seconds of audio
+    wait_for(lambda: vllm.metric("vllm:num_requests_running") >= 1, "vLLM to report the running sequences")
     response.close()
 
     wait_for(lambda: vllm.metric("vllm:num_requests_running") == 0, "vLLM to abort the abandoned sequences")
