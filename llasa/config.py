@@ -143,6 +143,32 @@ class Settings(BaseSettings):
     """Speech codes generated before a stream sends its first audio (50 per second: 15 = 0.3 s); the following
     windows double, up to 2 s."""
 
+    # --- quality guards (llasa/quality/guards.py says where each threshold comes from) -------------------
+    quality_retries: int = Field(2, ge=0, le=5)
+    """Times a broken take of a chunk (stuck in a loop, running on, silent, or failing verification) is generated
+    again with the next seed; after them the best take is kept and a warning says so (0 = never regenerate; the
+    guards still stop a loop or a run-on early)."""
+    loop_window_codes: int = Field(100, ge=10, le=1500)
+    """Codes in the sliding window the loop guard watches (50 per second: 100 = 2 s)."""
+    loop_min_distinct_codes: int = Field(20, ge=1, le=1500)
+    """A window with fewer distinct codes than this is a loop (a stuck syllable or a held tone); ordinary speech
+    uses nearly one new code per frame."""
+    runon_length_factor: float = Field(2.5, ge=1.0, le=20.0)
+    """A chunk is a run-on once its speech is this many times longer than its text's estimated reading time
+    (plus RUNON_SLACK_S): it is stopped there and generated again."""
+    runon_slack_s: float = Field(2.0, ge=0.0, le=60.0)
+    """Seconds added to the run-on bound, so very short texts do not trip on a breath."""
+    silence_max_dbfs: float = Field(-45.0, ge=-120.0, le=0.0)
+    """A chunk whose whole audio is quieter than this (dBFS RMS) is dead air and is generated again."""
+    dead_air_max_gap_s: float = Field(1.5, gt=0.0, le=60.0)
+    """A silent stretch inside a chunk longer than this (seconds) is dead air and is generated again."""
+    verify_default: bool = False
+    """Verify every synthesis unless a request says otherwise: faster-whisper transcribes each chunk and a take
+    whose error rate is above VERIFY_MAX_CER is generated again."""
+    verify_max_cer: float = Field(0.2, ge=0.0, le=10.0)
+    """Highest error rate (characters for Chinese, words for English) a verified take may have (docs/quality.md
+    says why 0.2)."""
+
     # --- requests, files -----------------------------------------------------------------------------------
     max_upload_mb: float = Field(50.0, gt=0)
     """Largest accepted upload (MiB); bigger requests get 413."""

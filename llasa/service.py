@@ -12,6 +12,7 @@ offload or release them between requests but never under one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -36,12 +37,15 @@ from llasa.audio import (
     validate_output,
 )
 from llasa.config import Settings
-from llasa.engine.types import CodeStream, FinishReason, GenerationBackend
-from llasa.errors import Cancelled, GenerationFailed, InvalidInput, TTSError, VoiceExists
+from llasa.engine.streaming import StreamingConfig, StreamingDecoder
+from llasa.engine.types import GenerationBackend, SamplingParams
+from llasa.errors import InvalidInput, VoiceExists
 from llasa.metrics import ServiceMetrics
 from llasa.outputs import OutputStore, SavedOutput, cleanup_interval_s
 from llasa.prompt import build_prompt_ids, lookup_token_ids
-from llasa.text import chunk_text, estimate_speech_codes, normalize_text, refuse_control_markup
+from llasa.quality.captions import render_captions
+from llasa.takes import ChunkJob, QualityPolicy, TakeRunner, chunk_offsets
+from llasa.text import chunk_text, estimate_speech_codes, join_texts, normalize_text, refuse_control_markup
 from llasa.types import (
     CODES_PER_SECOND,
     MAX_SEED,
@@ -50,6 +54,7 @@ from llasa.types import (
     SAMPLES_PER_CODE,
     AudioPiece,
     AudioSource,
+    ChunkReport,
     EngineStatus,
     GenerationParams,
     GPUStatus,
@@ -107,19 +112,8 @@ class _Plan:
     voice: VoiceInfo | None = None
     warnings: list[str] = field(default_factory=list)
     surface: str = "core"
-
-
-@dataclass
-class _ChunkAudio:
-    """Audio of one chunk as `_run_chunks` yields it: a streamed window or the whole chunk."""
-
-    chunk_index: int
-    audio: np.ndarray
-    first: bool
-    """The chunk's first audio (a crossfade joins it to the previous chunk)."""
-    codes: int
-    """Codes of the chunk behind the audio so far."""
-    last: bool = False
+    policy: QualityPolicy | None = None
+    captions: str | None = None
 
 
 class _ManagedCodec:
@@ -188,19 +182,53 @@ class TTSService:
         self, plan: _Plan, progress: ProgressCallback | None, cancel: threading.Event | None
     ) -> SynthesisResult:
         started = time.perf_counter()
-        timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
-        pieces: list[np.ndarray] = []
-        num_codes = 0
+        timings = _new_timings()
         with self.manager.gpu_slot(cancel=cancel):
             self.metrics.record_queue_wait(plan.surface, time.perf_counter() - started)
             reference, chunks = self._prepare_run(plan, timings, progress)
-            runner = self._run_chunks(plan, reference, chunks, timings, progress, cancel, windows=False)
-            for piece in runner:
-                pieces.append(piece.audio)
-                num_codes += piece.codes
+            # The codec's lease is held for the whole request, so it is not moved between chunks and takes.
+            with self._lease(XCODEC2, timings):
+                runner = self._take_runner(plan, reference, chunks, timings, cancel)
+                _notify(progress, 0, len(chunks), "generate")
+                try:
+                    kept = runner.run(lambda done: _notify(progress, done, len(chunks), "chunk_done"))
+                finally:
+                    runner.close()
+                    timings["generate"] += runner.wait_s
+        pieces = [take.audio for take in kept if take.audio is not None]
         audio = crossfade_join(pieces, self._crossfade_samples)
+        starts = chunk_offsets([len(piece) for piece in pieces], self._crossfade_samples)
+        reports = [runner.report(job, start) for job, start in zip(runner.jobs, starts, strict=True)]
+        self._note_takes(plan, runner, reports)
         timings["total"] = time.perf_counter() - started
-        result = SynthesisResult(
+        result = self._result(plan, reference, chunks, timings, audio, reports, _kept_codes(runner))
+        logger.info(
+            "synthesized %.2f s of audio in %.2f s (%d chunks, %d codes, seed %d)",
+            result.duration_s,
+            timings["total"],
+            result.chunks,
+            result.num_codes,
+            plan.params.seed,
+        )
+        return result
+
+    def _result(
+        self,
+        plan: _Plan,
+        reference: _Reference,
+        chunks: list[str],
+        timings: dict[str, float],
+        audio: np.ndarray,
+        reports: list[ChunkReport],
+        num_codes: int,
+    ) -> SynthesisResult:
+        words = None
+        captions = None
+        if plan.policy is not None and plan.policy.timed_words:
+            words = [word for report in reports for word in report.words or ()]
+            if plan.captions is not None:
+                captions = render_captions(plan.captions, functools.reduce(join_texts, chunks), words)
+        return SynthesisResult(
             audio=audio,
             sample_rate=SAMPLE_RATE,
             num_codes=num_codes,
@@ -212,16 +240,11 @@ class TTSService:
             seed=plan.params.seed,
             voice=reference.voice,
             warnings=plan.warnings,
+            chunk_reports=reports,
+            words=words,
+            captions=captions,
+            caption_format=plan.captions,
         )
-        logger.info(
-            "synthesized %.2f s of audio in %.2f s (%d chunks, %d codes, seed %d)",
-            result.duration_s,
-            timings["total"],
-            result.chunks,
-            num_codes,
-            plan.params.seed,
-        )
-        return result
 
     def synthesize_stream(
         self,
@@ -253,8 +276,9 @@ class TTSService:
         try:
             with closing(pieces):  # type: ignore[type-var]  # a generator has close()
                 for piece in pieces:
-                    samples += len(piece.audio)
-                    self.metrics.record_stream_piece(request)
+                    if piece.report is None:  # a chunk's report carries no audio
+                        samples += len(piece.audio)
+                        self.metrics.record_stream_piece(request)
                     yield piece
         except BaseException as exc:
             self.metrics.record_synthesis_failure(request, exc)
@@ -269,54 +293,57 @@ class TTSService:
         self, plan: _Plan, progress: ProgressCallback | None, cancel: threading.Event | None
     ) -> Iterator[AudioPiece]:
         started = time.perf_counter()
-        timings = {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
+        timings = _new_timings()
         joiner = StreamJoiner(self._crossfade_samples)
         first_audio_s: float | None = None
         sent: list[np.ndarray] = []
-        num_codes = 0
+        reports: list[ChunkReport] = []
+        seed = plan.params.seed
         with self.manager.gpu_slot(cancel=cancel):
             self.metrics.record_queue_wait(plan.surface, time.perf_counter() - started)
             reference, chunks = self._prepare_run(plan, timings, progress)
-            # Closed inside the slot: an abandoned stream cancels its sequences before the slot is given back.
-            runner = self._run_chunks(plan, reference, chunks, timings, progress, cancel, windows=True)
-            with closing(runner):
-                for piece in runner:
-                    if piece.last:
-                        num_codes += piece.codes
-                    ready = joiner.push(piece.audio) if piece.first else joiner.push_continued(piece.audio)
-                    if not len(ready):
-                        continue
-                    if first_audio_s is None:
-                        first_audio_s = time.perf_counter() - started
-                        self.metrics.record_first_audio(plan.surface, first_audio_s)
-                    sent.append(ready)
-                    yield AudioPiece(
-                        audio=ready, chunk_index=piece.chunk_index, chunks_total=len(chunks), seed=plan.params.seed
-                    )
+            total = len(chunks)
+            with self._lease(XCODEC2, timings):
+                runner = self._take_runner(plan, reference, chunks, timings, cancel)
+                codec = _ManagedCodec(self.manager, timings)
+                config = StreamingConfig(first_window_codes=self.settings.stream_first_codes)
+                _notify(progress, 0, total, "generate")
+                try:
+                    # Closed inside the slot: an abandoned stream cancels its takes before the slot is given back.
+                    for item in runner.play(
+                        lambda: StreamingDecoder(codec, reference.codes, config), self._crossfade_samples
+                    ):
+                        if isinstance(item, ChunkReport):
+                            reports.append(item)
+                            yield AudioPiece(
+                                audio=np.zeros(0, np.float32),
+                                chunk_index=item.index,
+                                chunks_total=total,
+                                seed=seed,
+                                report=item,
+                            )
+                            continue
+                        index, audio, first, last = item
+                        ready = joiner.push(audio) if first else joiner.push_continued(audio)
+                        if last:
+                            _notify(progress, index + 1, total, "chunk_done")
+                        if not len(ready):
+                            continue
+                        if first_audio_s is None:
+                            first_audio_s = time.perf_counter() - started
+                            self.metrics.record_first_audio(plan.surface, first_audio_s)
+                        sent.append(ready)
+                        yield AudioPiece(audio=ready, chunk_index=index, chunks_total=total, seed=seed)
+                finally:
+                    runner.close()
+                    timings["generate"] += runner.wait_s
         tail = joiner.finish()
         sent.append(tail)
+        self._note_takes(plan, runner, reports)
         timings["total"] = time.perf_counter() - started
-        result = SynthesisResult(
-            audio=np.concatenate(sent).astype(np.float32, copy=False),
-            sample_rate=SAMPLE_RATE,
-            num_codes=num_codes,
-            reference_text=reference.text,
-            chunks=len(chunks),
-            timings_s=timings,
-            reference_seconds=reference.seconds,
-            reference_trimmed=reference.trimmed,
-            seed=plan.params.seed,
-            voice=reference.voice,
-            warnings=plan.warnings,
-        )
-        yield AudioPiece(
-            audio=tail,
-            chunk_index=len(chunks) - 1,
-            chunks_total=len(chunks),
-            final=True,
-            seed=plan.params.seed,
-            result=result,
-        )
+        audio = np.concatenate(sent).astype(np.float32, copy=False)
+        result = self._result(plan, reference, chunks, timings, audio, reports, _kept_codes(runner))
+        yield AudioPiece(audio=tail, chunk_index=total - 1, chunks_total=total, final=True, seed=seed, result=result)
 
     @property
     def _crossfade_samples(self) -> int:
@@ -338,6 +365,8 @@ class TTSService:
             params=self._resolve_params(request.params),
             language=self._check_language(request.language),
             surface=request.surface,
+            policy=QualityPolicy.for_request(self.settings, request),
+            captions=request.captions,
         )
         if request.voice:
             plan.voice = self.voices.get(request.voice)
@@ -476,124 +505,71 @@ class TTSService:
         # (a bound on run-on sampling), it does not change how the text is split.
         return chunk_text(plan.text, cost=cost, budget=min(room, int(CHUNK_MAX_SECONDS * CODES_PER_SECOND)))
 
-    def _run_chunks(
+    def _take_runner(
         self,
         plan: _Plan,
         reference: _Reference,
         chunks: list[str],
         timings: dict[str, float],
-        progress: ProgressCallback | None,
         cancel: threading.Event | None,
-        *,
-        windows: bool,
-    ) -> Iterator[_ChunkAudio]:
-        """Generate every chunk at once in the engine's batch; yield their audio in order.
-
-        With `windows` each chunk's audio comes in streamed windows as its codes arrive (`StreamingDecoder`);
-        without, each chunk is decoded in one piece when its codes are complete (reference and new codes together,
-        the reference's samples cut off exactly), which is the codec's best. Closing the iterator, an error or a
-        set `cancel` cancels every chunk still generating.
-        """
-        from llasa.engine.types import SamplingParams
+    ) -> TakeRunner:
+        """Every chunk as a job for the engine (all generated at once, in the batch with other requests), with the
+        guards and verification of `llasa.takes`."""
         from llasa.models import LLASA_CONTEXT_TOKENS
 
         params = plan.params
         max_codes = int(params.max_audio_seconds * CODES_PER_SECOND)
         tokenizer = self._tokenizer()
-        engine = self._engine_backend()
-        streams: list[CodeStream] = []
-        truncated: list[int] = []  # chunks that ran out of tokens before the model ended them
-        try:
-            # The codec's lease is held for the whole request, so it is not moved between windows and chunks.
-            with self._lease(XCODEC2, timings):
-                for index, chunk in enumerate(chunks):
-                    prompt_ids = build_prompt_ids(tokenizer, chunk, reference.text or None, reference.codes)
-                    sampling = SamplingParams(
-                        temperature=params.temperature,
-                        top_p=params.top_p,
-                        top_k=params.top_k,
-                        repetition_penalty=params.repetition_penalty,
-                        seed=(params.seed + index) % (MAX_SEED + 1),
-                        max_new_tokens=min(max_codes, LLASA_CONTEXT_TOKENS - len(prompt_ids) - 1),
-                    )
-                    streams.append(engine.submit(prompt_ids, sampling))
-                self.metrics.record_sequences(plan.surface, len(streams))
-                for index, stream in enumerate(streams):
-                    _notify(progress, index, len(chunks), "generate")
-                    yield from self._chunk_audio(stream, index, len(chunks), reference, timings, cancel, windows)
-                    if stream.finish_reason is FinishReason.LENGTH:
-                        truncated.append(index + 1)
-                    _notify(progress, index + 1, len(chunks), "chunk_done")
-        finally:
-            for stream in streams:
-                stream.cancel()
+        jobs = []
+        for index, chunk in enumerate(chunks):
+            prompt_ids = build_prompt_ids(tokenizer, chunk, reference.text or None, reference.codes)
+            sampling = SamplingParams(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                repetition_penalty=params.repetition_penalty,
+                seed=params.seed,  # each take's own seed comes from it (llasa.takes.take_seed)
+                max_new_tokens=min(max_codes, LLASA_CONTEXT_TOKENS - len(prompt_ids) - 1),
+            )
+            jobs.append(ChunkJob(index, chunk, prompt_ids, sampling))
+        codec = _ManagedCodec(self.manager, timings)
+        cut = len(reference.codes) * SAMPLES_PER_CODE
+
+        def decode(codes: list[int]) -> np.ndarray:
+            # reference + new codes decoded together (the codec's best), the reference's samples cut off exactly
+            return np.asarray(codec.decode([*reference.codes, *codes])[cut:], dtype=np.float32)
+
+        def transcribe(audio: np.ndarray, language: str | None) -> TranscriptionResult:
+            started = time.perf_counter()
+            try:
+                return self._transcribe_samples(audio, language, words=True)
+            finally:
+                timings["verify"] = timings.get("verify", 0.0) + time.perf_counter() - started
+
+        assert plan.policy is not None
+        runner = TakeRunner(
+            self._engine_backend(), jobs, plan.policy, decode=decode, transcribe=transcribe, cancel=cancel
+        )
+        runner.start()
+        self.metrics.record_sequences(plan.surface, len(jobs))
+        return runner
+
+    def _note_takes(self, plan: _Plan, runner: TakeRunner, reports: list[ChunkReport]) -> None:
+        """Warnings about the kept takes: cut off by max_audio_seconds, or still flawed after every retry."""
+        truncated = [job.index + 1 for job in runner.jobs if job.kept is not None and job.kept.truncated]
         if truncated:
-            which = "every chunk" if len(truncated) == len(chunks) else f"chunk {', '.join(map(str, truncated))}"
+            which = "every chunk" if len(truncated) == len(runner.jobs) else f"chunk {', '.join(map(str, truncated))}"
             plan.warnings.append(
-                f"{which} reached max_audio_seconds ({params.max_audio_seconds:g} s) before the model finished "
+                f"{which} reached max_audio_seconds ({plan.params.max_audio_seconds:g} s) before the model finished "
                 "speaking, so the end may be cut off; raise max_audio_seconds"
             )
-
-    def _chunk_audio(
-        self,
-        stream: CodeStream,
-        index: int,
-        total: int,
-        reference: _Reference,
-        timings: dict[str, float],
-        cancel: threading.Event | None,
-        windows: bool,
-    ) -> Iterator[_ChunkAudio]:
-        """The audio of one chunk's code stream: windows as codes arrive, or one piece at its end."""
-        from llasa.engine.streaming import StreamingConfig, StreamingDecoder
-
-        codec = _ManagedCodec(self.manager, timings)
-        config = StreamingConfig(first_window_codes=self.settings.stream_first_codes)
-        decoder = StreamingDecoder(codec, reference.codes, config) if windows else None
-        read = 0
-        first = True
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("the synthesis was cancelled")
-            t0 = time.perf_counter()
-            # Short waits, so a cancel set by another thread (a REST job's DELETE) is seen within 50 ms.
-            new = stream.read_from(read, timeout_s=0.05)
-            timings["generate"] += time.perf_counter() - t0
-            if new:
-                read += len(new)
-                if decoder is not None:
-                    audio = decoder.push(new)
-                    if len(audio):
-                        yield _ChunkAudio(index, audio, first=first, codes=read)
-                        first = False
+        for report in reports:
+            kept = runner.jobs[report.index].kept
+            if kept is None or kept.ok:
                 continue
-            if stream.finished:
-                break
-        codes = stream.codes
-        self._raise_for_stream(stream, index, total, codes)
-        if decoder is not None:
-            yield _ChunkAudio(index, decoder.finish(), first=first, codes=len(codes), last=True)
-            return
-        cut = len(reference.codes) * SAMPLES_PER_CODE
-        audio = codec.decode([*reference.codes, *codes])[cut:]
-        yield _ChunkAudio(index, np.asarray(audio, dtype=np.float32), first=True, codes=len(codes), last=True)
-
-    @staticmethod
-    def _raise_for_stream(stream: CodeStream, index: int, total: int, codes: list[int]) -> None:
-        reason = stream.finish_reason
-        if reason is FinishReason.ERROR:
-            error = stream.error
-            if isinstance(error, TTSError):
-                raise error
-            raise GenerationFailed(
-                f"generating chunk {index + 1} of {total} failed ({type(error).__name__}: {error})"
-            ) from error
-        if reason is FinishReason.CANCELLED:
-            raise Cancelled("the synthesis was cancelled")
-        if not codes:
-            raise GenerationFailed(
-                f"the model produced no speech for chunk {index + 1} of {total}; "
-                "try again with another seed or a lower temperature"
+            plan.warnings.append(
+                f"chunk {report.index + 1} of {len(runner.jobs)}: kept take {report.kept_attempt} of "
+                f"{report.attempts}, the best, though it did not pass every check: " + "; ".join(report.problems)
             )
 
     def _tokenizer(self) -> Any:
@@ -641,13 +617,18 @@ class TTSService:
         return result
 
     def _transcribe_samples(
-        self, samples: np.ndarray, language: str | None, timings: dict[str, float] | None = None
+        self,
+        samples: np.ndarray,
+        language: str | None,
+        timings: dict[str, float] | None = None,
+        *,
+        words: bool = False,
     ) -> TranscriptionResult:
         max_new_tokens = self.settings.whisper_max_new_tokens or None
         with self._lease(WHISPER, timings):
             started = time.perf_counter()
             result = self.manager.run_with_oom_retry(
-                WHISPER, lambda model: model.transcribe(samples, language, max_new_tokens=max_new_tokens)
+                WHISPER, lambda model: model.transcribe(samples, language, max_new_tokens=max_new_tokens, words=words)
             )
             if timings is not None:
                 timings["transcribe"] = time.perf_counter() - started
@@ -859,3 +840,12 @@ def _notify(progress: ProgressCallback | None, done: int, total: int, stage: str
     except Exception:
         # A broken progress listener (a closed browser tab, a gone MCP client) must not kill the synthesis.
         logger.debug("progress callback failed", exc_info=True)
+
+
+def _new_timings() -> dict[str, float]:
+    return {"load": 0.0, "transcribe": 0.0, "encode": 0.0, "generate": 0.0, "decode": 0.0}
+
+
+def _kept_codes(runner: TakeRunner) -> int:
+    """Speech codes behind the audio: those of every chunk's kept take."""
+    return sum(len(job.kept.codes) for job in runner.jobs if job.kept is not None)

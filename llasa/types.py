@@ -12,6 +12,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from llasa.errors import InvalidInput
+from llasa.quality.captions import CAPTION_FORMATS
+from llasa.quality.transcript import TimedWord
 from llasa.text import normalize_text, refuse_control_markup
 
 # The units live in llasa/units.py; they are re-exported here, where the rest of the code has always found them.
@@ -78,9 +80,14 @@ class TranscriptionResult:
     language: str
     duration_s: float
     segments: list[Segment] = field(default_factory=list)
+    words: list[tuple[str, float, float]] = field(default_factory=list)
+    """(word, start_s, end_s) as the recogniser spelled them, when word timings were asked for (verify, captions)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.words:
+            del out["words"]  # only the service's own checks ask for them
+        return out
 
 
 @dataclass
@@ -102,6 +109,13 @@ class SynthesisResult:
     voice: str | None = None
     warnings: list[str] = field(default_factory=list)
     """Things the caller should know, e.g. that the reference was trimmed and re-transcribed."""
+    chunk_reports: list[ChunkReport] = field(default_factory=list)
+    """Per chunk: its text, where it sits in the audio, the takes it needed, and (verified) what was heard."""
+    words: list[TimedWord] | None = None
+    """Word timings of the audio, in the requested text's spelling (when verified or captions were asked for)."""
+    captions: str | None = None
+    """The captions in `caption_format` (srt, vtt or json) when they were asked for."""
+    caption_format: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -128,11 +142,28 @@ class SynthesisResult:
             seed=self.seed,
             voice=self.voice,
             warnings=list(self.warnings),
+            chunk_reports=[report.summary() for report in self.chunk_reports],
+            captions=self.captions,
+            caption_format=self.caption_format,
         )
 
     def facts(self) -> dict[str, Any]:
         """`summary()`, JSON-ready."""
         return self.summary().model_dump()
+
+
+class ChunkFacts(BaseModel):
+    """One text chunk of a synthesis: the takes it needed and, when verified, what the recogniser heard."""
+
+    index: int = Field(description="0-based position of the chunk.")
+    text: str = Field(description="The chunk's text.")
+    start_s: float = Field(description="Where the chunk starts in the audio (seconds).")
+    end_s: float = Field(description="Where it ends (seconds).")
+    attempts: int = Field(description="Takes generated for the chunk (1 = the first was kept).")
+    kept_attempt: int = Field(description="Which take was kept (1-based).")
+    problems: list[str] = Field(description="Why each rejected take (and the kept one, if flawed) was rejected.")
+    transcript: str | None = Field(None, description="What the recogniser heard in the kept take (verified).")
+    error_rate: float | None = Field(None, description="Its error rate against the chunk's text (verified).")
 
 
 class SynthesisFacts(BaseModel):
@@ -150,6 +181,40 @@ class SynthesisFacts(BaseModel):
     seed: int | None = Field(description="Seed used; pass it again to repeat the result.")
     voice: str | None = Field(description="Saved voice used, if any.")
     warnings: list[str] = Field(description="Things to tell the user, e.g. that the reference was trimmed.")
+    chunk_reports: list[ChunkFacts] = Field(
+        default_factory=list, description="Per text chunk: takes used, and what verification heard."
+    )
+    captions: str | None = Field(None, description="Captions of the audio in caption_format, when asked for.")
+    caption_format: str | None = Field(None, description="srt, vtt or json (null: no captions were asked for).")
+
+
+@dataclass
+class ChunkReport:
+    """How one text chunk was made (see `ChunkFacts`); `words` are its word timings in the whole audio."""
+
+    index: int
+    text: str
+    start_s: float
+    end_s: float
+    attempts: int
+    kept_attempt: int
+    problems: list[str] = field(default_factory=list)
+    transcript: str | None = None
+    error_rate: float | None = None
+    words: list[TimedWord] | None = None
+
+    def summary(self) -> ChunkFacts:
+        return ChunkFacts(
+            index=self.index,
+            text=self.text,
+            start_s=round(self.start_s, 3),
+            end_s=round(self.end_s, 3),
+            attempts=self.attempts,
+            kept_attempt=self.kept_attempt,
+            problems=list(self.problems),
+            transcript=self.transcript,
+            error_rate=None if self.error_rate is None else round(self.error_rate, 4),
+        )
 
 
 @dataclass
@@ -165,6 +230,9 @@ class AudioPiece:
     result: SynthesisResult | None = None
     """On the final piece only: the whole synthesis as synthesize() reports it, its audio exactly the stream's
     pieces joined (so a face can play the stream and offer the same audio as a file at the end)."""
+    report: ChunkReport | None = None
+    """A chunk's report (its verification and word timings) as soon as it is ready; such a piece has no audio.
+    Streams with verify or captions send one per chunk, after the chunk's audio."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -194,8 +262,13 @@ class SynthesisRequest:
     surface: str = "core"
     endpoint: str = ""
     """The route, tool or tab inside the face (a metrics label): "tts", "speech_stream", "generate_speech"..."""
+    verify: bool | None = None
+    """Transcribe every chunk and generate it again when it was not read right (None = VERIFY_DEFAULT)."""
+    captions: str | None = None
+    """Word-timed captions of the result: "srt", "vtt" or "json" (None or "" = none)."""
 
     def __post_init__(self) -> None:
+        self._check_quality_fields()
         if not isinstance(self.text, str):
             raise InvalidInput(f"text must be a string, got {type(self.text).__name__}", field="text")
         text = normalize_text(self.text)
@@ -235,6 +308,17 @@ class SynthesisRequest:
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "reference_text", reference_text)
         object.__setattr__(self, "voice", voice)
+
+    def _check_quality_fields(self) -> None:
+        if self.verify is not None and not isinstance(self.verify, bool):
+            raise InvalidInput("verify must be true or false", field="verify")
+        captions = self.captions or None
+        if captions is not None and captions not in CAPTION_FORMATS:
+            raise InvalidInput(
+                f"captions {self.captions!r} is not a caption format; use one of {', '.join(CAPTION_FORMATS)}",
+                field="captions",
+            )
+        object.__setattr__(self, "captions", captions)
 
 
 @dataclass(frozen=True)

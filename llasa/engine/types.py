@@ -95,6 +95,7 @@ class CodeStream:
         self._error: BaseException | None = None
         self._cancel_requested = False
         self._on_cancel: list[Callable[[], None]] = []
+        self._on_update: list[Callable[[], None]] = []
 
     # --- consumer side ----------------------------------------------------------------------------------------
 
@@ -172,12 +173,28 @@ class CodeStream:
         with self._cond:
             self._on_cancel.append(callback)
 
+    def add_update_callback(self, callback: Callable[[], None]) -> None:
+        """Readers watching many streams: `callback()` runs (in the backend's thread) after every push and at the
+        end; it must be quick (set an event). Runs at once if the stream has already ended."""
+        with self._cond:
+            self._on_update.append(callback)
+            ended = self._finish_reason is not None
+        if ended:
+            callback()
+
+    def _updated(self) -> None:
+        with self._cond:
+            callbacks = list(self._on_update)
+        for callback in callbacks:
+            callback()
+
     def push(self, codes: Sequence[int]) -> None:
         with self._cond:
             if self._finish_reason is not None:
                 raise RuntimeError(f"stream {self.request_id} already ended; cannot push codes")
             self._codes.extend(codes)
             self._cond.notify_all()
+        self._updated()
 
     def finish(self, reason: FinishReason, error: BaseException | None = None) -> None:
         """End the stream (the first call wins; later ones are ignored)."""
@@ -187,6 +204,7 @@ class CodeStream:
             self._finish_reason = reason
             self._error = error
             self._cond.notify_all()
+        self._updated()
 
 
 @dataclass(frozen=True)

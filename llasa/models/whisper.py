@@ -119,15 +119,21 @@ class WhisperTranscriber:
             self.model = None
 
     def transcribe(
-        self, samples: np.ndarray, language: str | None = None, *, max_new_tokens: int | None = None
+        self,
+        samples: np.ndarray,
+        language: str | None = None,
+        *,
+        max_new_tokens: int | None = None,
+        words: bool = False,
     ) -> TranscriptionResult:
-        """Transcribe float32 mono 16 kHz `samples`; `language` None = detect. Segments are read to the end here,
-        so the model is free again when this returns."""
+        """Transcribe float32 mono 16 kHz `samples`; `language` None = detect; `words` adds word timings
+        (faster-whisper's cross-attention alignment). Segments are read to the end here, so the model is free
+        again when this returns."""
         if self.model is None:
             raise ModelUnavailable(f"{self.name} was released; load it again")
         audio = np.asarray(samples, dtype=np.float32)
         try:
-            return self._transcribe(audio, language, max_new_tokens)
+            return self._transcribe(audio, language, max_new_tokens, words)
         except RuntimeError as e:
             if self.device == "cpu" or not _is_cuda_runtime_error(e):
                 raise
@@ -136,23 +142,31 @@ class WhisperTranscriber:
                 self._note_fallback(e)
                 self.model = None
                 self._open("cpu")
-            return self._transcribe(audio, language, max_new_tokens)
+            return self._transcribe(audio, language, max_new_tokens, words)
 
-    def _transcribe(self, audio: np.ndarray, language: str | None, max_new_tokens: int | None) -> TranscriptionResult:
+    def _transcribe(
+        self, audio: np.ndarray, language: str | None, max_new_tokens: int | None, words: bool
+    ) -> TranscriptionResult:
         segments, info = self.model.transcribe(
-            audio, language=language or None, vad_filter=True, max_new_tokens=max_new_tokens
+            audio, language=language or None, vad_filter=True, max_new_tokens=max_new_tokens, word_timestamps=words
         )
         duration_s = float(info.duration)
-        # faster-whisper does not clamp timestamps: a segment can claim to end past the audio.
-        found = [
-            Segment(start_s=min(float(s.start), duration_s), end_s=min(float(s.end), duration_s), text=s.text.strip())
-            for s in segments
-        ]
+        found: list[Segment] = []
+        timed: list[tuple[str, float, float]] = []
+        for segment in segments:
+            # faster-whisper does not clamp timestamps: a segment can claim to end past the audio.
+            start, end = min(float(segment.start), duration_s), min(float(segment.end), duration_s)
+            found.append(Segment(start_s=start, end_s=end, text=segment.text.strip()))
+            timed.extend(
+                (w.word.strip(), min(float(w.start), duration_s), min(float(w.end), duration_s))
+                for w in segment.words or ()
+            )
         return TranscriptionResult(
             text=_join_segments([s.text for s in found]),
             language=str(info.language),
             duration_s=duration_s,
             segments=found,
+            words=timed,
         )
 
 

@@ -27,11 +27,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llasa.text import estimate_speech_seconds
 from llasa.units import CODES_PER_SECOND, SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from llasa.config import Settings
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,18 @@ class GuardLimits:
     dead_air_floor_dbfs: float = -50.0
     edge_s: float = 0.3
     """Leading and trailing audio the dead-air check ignores (a chunk may start and end in a breath)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GuardLimits:
+        """The limits the service runs with (each threshold above is a setting of the same name)."""
+        return cls(
+            loop_window_codes=settings.loop_window_codes,
+            loop_min_distinct_codes=settings.loop_min_distinct_codes,
+            runon_length_factor=settings.runon_length_factor,
+            runon_slack_s=settings.runon_slack_s,
+            silence_max_dbfs=settings.silence_max_dbfs,
+            dead_air_max_gap_s=settings.dead_air_max_gap_s,
+        )
 
 
 class LoopDetector:
