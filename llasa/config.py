@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     verify_default: bool = False
     """Verify every synthesis unless a request says otherwise: faster-whisper transcribes each chunk and a take
     whose error rate is above VERIFY_MAX_CER is generated again."""
+    verify_all_takes_at_once: bool = False
+    """With verify, sample all 1 + QUALITY_RETRIES takes of every chunk at once and keep the first that passes,
+    instead of sending the retries only after a take fails: a failed take then costs no second round, but every
+    verified chunk takes that many places in the batch (worth it on a GPU with room in its batch)."""
     verify_max_cer: float = Field(0.2, ge=0.0, le=10.0)
     """Highest error rate (characters for Chinese, words for English) a verified take may have (docs/quality.md
     says why 0.2)."""

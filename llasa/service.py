@@ -550,7 +550,6 @@ class TTSService:
         runner = TakeRunner(
             self._engine_backend(), jobs, plan.policy, decode=decode, transcribe=transcribe, cancel=cancel
         )
-        runner.start()
         self.metrics.record_sequences(plan.surface, len(jobs))
         return runner
 

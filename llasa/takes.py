@@ -11,7 +11,8 @@ share the batch with other requests); then, for each take:
    against the chunk's text is above VERIFY_MAX_CER.
 
 The first failed take of a chunk sends all its remaining QUALITY_RETRIES takes to the engine at once, so they are
-sampled together, in the same batch as everything else, not one after another; each take has its own seed
+sampled together, in the same batch as everything else, not one after another (with VERIFY_ALL_TAKES_AT_ONCE a
+verified chunk sends every take at the start, so a failure costs no second round); each take has its own seed
 (`take_seed`). The kept take is the first that passes in take order (so a seed repeats its result even when retries
 finish out of order); when none passes, the best one is kept (no guard problem before a guard problem, then the
 lowest error rate, then the earliest) and a warning says so.
@@ -69,6 +70,9 @@ class QualityPolicy:
     max_error_rate: float
     timed_words: bool
     """Transcribe each kept take with word timings (verify, or captions asked for)."""
+    all_takes_at_once: bool = False
+    """Verify: every take of a chunk is sent at the start, not the retries after a failure
+    (VERIFY_ALL_TAKES_AT_ONCE)."""
 
     @classmethod
     def for_request(cls, settings: Settings, request: SynthesisRequest) -> QualityPolicy:
@@ -79,6 +83,7 @@ class QualityPolicy:
             verify=verify,
             max_error_rate=settings.verify_max_cer,
             timed_words=verify or request.captions is not None,
+            all_takes_at_once=verify and settings.verify_all_takes_at_once,
         )
 
 
@@ -197,11 +202,14 @@ class TakeRunner:
 
     # --- submitting -----------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Send every chunk's first take to the engine."""
+    def start(self, *, streaming: bool = False) -> None:
+        """Send every chunk's first take to the engine (every take, with `all_takes_at_once`, unless streaming:
+        a stream plays one take at a time)."""
         self._started = True
+        takes = 1 + self.policy.retries if self.policy.all_takes_at_once and not streaming else 1
         for job in self.jobs:
-            self._submit(job)
+            for _ in range(takes):
+                self._submit(job)
 
     def close(self) -> None:
         """Cancel every take still generating (the request ended, failed or was abandoned)."""
@@ -364,7 +372,7 @@ class TakeRunner:
         """A streamed synthesis: (chunk, audio, first, last) windows in chunk order as codes arrive, and each
         chunk's report once it is checked (transcription runs beside the stream, so it does not delay audio)."""
         if not self._started:
-            self.start()
+            self.start(streaming=True)
         lengths: list[int] = []
         pending: list[Future[ChunkReport]] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify") as listener:

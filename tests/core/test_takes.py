@@ -131,6 +131,7 @@ def runner_for(
     max_new_tokens: int = 1500,
     seed: int = 100,
     cancel: threading.Event | None = None,
+    all_takes_at_once: bool = False,
 ) -> TakeRunner:
     policy = QualityPolicy(
         retries=retries,
@@ -138,6 +139,7 @@ def runner_for(
         verify=verify,
         max_error_rate=0.2,
         timed_words=verify if timed_words is None else timed_words,
+        all_takes_at_once=all_takes_at_once,
     )
     jobs = [
         ChunkJob(i, text, [1, 2, 3], SamplingParams(seed=seed, max_new_tokens=max_new_tokens))
@@ -351,6 +353,27 @@ def test_when_no_take_passes_verify_the_best_one_is_kept() -> None:
     assert job.kept.error_rate == rates[0]
     assert not job.kept.ok
     assert runner.report(job, 0).attempts == 3
+
+
+def test_all_takes_at_once_sends_every_take_first_and_keeps_the_first_that_passes() -> None:
+    engine = ScriptedEngine(by_seed({}, GOOD))
+    engine.gate.clear()  # nothing generates until every take is in
+    heard = hears(["not it at all", TEXT, TEXT])
+    runner = runner_for(engine, [TEXT], verify=True, transcribe=heard, all_takes_at_once=True)
+    runner.start()
+    assert [p.seed for p in engine.submitted] == [take_seed(100, 0, a, 1) for a in range(3)]
+    engine.gate.set()
+    kept = runner.run()
+    assert kept[0].attempt == 1
+    assert len(engine.submitted) == 3
+
+
+def test_a_stream_plays_one_take_at_a_time_even_with_all_takes_at_once() -> None:
+    engine = ScriptedEngine(by_seed({}, GOOD))
+    runner = runner_for(engine, [TEXT], verify=True, transcribe=hears([TEXT]), all_takes_at_once=True)
+    _, reports = play(runner)
+    assert len(engine.submitted) == 1
+    assert reports[0].error_rate == 0.0
 
 
 def test_captions_without_verify_transcribe_but_never_retry() -> None:
