@@ -162,6 +162,13 @@ class ServiceMetrics:
         self.sequences = Counter(
             "llasa_engine_sequences_submitted", "Text chunks sent to the engine", ["surface"], registry=r
         )
+        self.flawed_takes = Counter(
+            "llasa_flawed_takes",
+            "Takes of a chunk found broken (reason: loop, run_on, dead_air, no_speech, misread), each made again "
+            "while QUALITY_RETRIES allowed",
+            ["surface", "reason"],
+            registry=r,
+        )
         queue = Gauge("llasa_queue_depth", "Requests waiting for the GPU (every face)", registry=r)
         queue.set_function(lambda: float(queue_depth()))
         r.register(_ModelCollector(status))
@@ -187,6 +194,10 @@ class ServiceMetrics:
 
     def record_sequences(self, surface: str, count: int) -> None:
         self.sequences.labels(surface).inc(count)
+
+    def record_flawed_takes(self, surface: str, reasons: list[str]) -> None:
+        for reason in reasons:
+            self.flawed_takes.labels(surface, reason).inc()
 
     def record_stream_piece(self, request: SynthesisRequest) -> None:
         self.stream_chunks.labels(request.surface, request.endpoint).inc()

@@ -554,7 +554,11 @@ class TTSService:
         return runner
 
     def _note_takes(self, plan: _Plan, runner: TakeRunner, reports: list[ChunkReport]) -> None:
-        """Warnings about the kept takes: cut off by max_audio_seconds, or still flawed after every retry."""
+        """Warnings about the kept takes (cut off by max_audio_seconds, or still flawed after every retry), and
+        every flawed take counted in the metrics."""
+        self.metrics.record_flawed_takes(
+            plan.surface, [t.reason for job in runner.jobs for t in job.takes if t.done and t.reason is not None]
+        )
         truncated = [job.index + 1 for job in runner.jobs if job.kept is not None and job.kept.truncated]
         if truncated:
             which = "every chunk" if len(truncated) == len(runner.jobs) else f"chunk {', '.join(map(str, truncated))}"

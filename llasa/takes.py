@@ -168,6 +168,17 @@ class Take:
     def rank(self) -> tuple[bool, float, int]:
         return (self.guard_problem is not None, self.error_rate or 0.0, self.attempt)
 
+    @property
+    def reason(self) -> str | None:
+        """The kind of problem, for metrics: loop, run_on, dead_air, no_speech, misread (None: no problem)."""
+        problem = self.guard_problem
+        if problem is None:
+            return None if self.verify_problem is None else "misread"
+        for prefix, reason in (("stuck", "loop"), ("ran on", "run_on"), ("dead air", "dead_air")):
+            if problem.startswith(prefix):
+                return reason
+        return "no_speech"
+
     def problem_text(self) -> str:
         return f"take {self.attempt + 1}: {self.guard_problem or self.verify_problem}"
 

@@ -66,6 +66,8 @@ def test_verify_with_a_whisper_that_hears_noise_retries_keeps_the_best_take_and_
     assert report.error_rate is not None
     assert report.error_rate > service.settings.verify_max_cer
     assert any("kept take" in w and "did not pass every check" in w for w in result.warnings)
+    metrics = service.metrics.render().decode()
+    assert 'llasa_flawed_takes_total{reason="misread",surface="core"}' in metrics
     assert result.timings_s["verify"] > 0
     facts = result.facts()["chunk_reports"][0]
     assert facts["attempts"] == report.attempts
