@@ -1,7 +1,7 @@
 """Generated audio files kept for download under OUTPUT_DIR, deleted after OUTPUT_TTL_HOURS.
 
 An output id is `<32 hex>.<extension>`; anything else is refused before the disk is touched, so an id can never
-name a file outside the folder.
+name a file outside the folder. Captions (srt, vtt, json) are kept the same way, beside the audio they describe.
 """
 
 from __future__ import annotations
@@ -18,9 +18,21 @@ from llasa.errors import NotFound
 
 logger = logging.getLogger(__name__)
 
-#: File extension for each output format (opus travels in an Ogg container).
-FORMAT_EXTENSIONS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "ogg", "aac": "aac", "pcm": "pcm"}
-_OUTPUT_ID = re.compile(r"[0-9a-f]{32}\.(wav|flac|mp3|ogg|aac|pcm)")
+#: File extension for each output format: audio (opus travels in an Ogg container), then captions.
+FORMAT_EXTENSIONS = {
+    "wav": "wav",
+    "flac": "flac",
+    "mp3": "mp3",
+    "opus": "ogg",
+    "aac": "aac",
+    "pcm": "pcm",
+    "srt": "srt",
+    "vtt": "vtt",
+    "json": "json",
+}
+#: MIME type of each caption format (the audio formats' are `llasa.audio.AUDIO_FORMATS`).
+CAPTION_MIME_TYPES = {"srt": "application/x-subrip", "vtt": "text/vtt", "json": "application/json"}
+_OUTPUT_ID = re.compile(r"[0-9a-f]{32}\.(" + "|".join(sorted(set(FORMAT_EXTENSIONS.values()))) + ")")
 
 
 def cleanup_interval_s(ttl_hours: float) -> float:
@@ -72,6 +84,10 @@ class OutputStore:
             mime_type=mime_type,
             size_bytes=len(data),
         )
+
+    def save_captions(self, captions: str, fmt: str) -> SavedOutput:
+        """Keep a synthesis's captions (`SynthesisResult.captions`, in `fmt`: srt, vtt or json) as a UTF-8 file."""
+        return self.save(captions.encode("utf-8"), fmt, CAPTION_MIME_TYPES[fmt])
 
     def path_for(self, output_id: str) -> Path:
         if not isinstance(output_id, str) or not _OUTPUT_ID.fullmatch(output_id):

@@ -16,6 +16,7 @@ from faces.inputs import read_audio_input
 from llasa.audio import AUDIO_FORMATS
 from llasa.config import Settings
 from llasa.errors import TTSError
+from llasa.quality.captions import CAPTION_FORMATS
 from llasa.types import MANAGEABLE_MODEL_NAMES, MAX_SEED
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ Seed = Annotated[int | None, _schema(minimum=0, maximum=MAX_SEED)]
 
 OutputFormat = Annotated[str, _schema(enum=list(AUDIO_FORMATS))]
 
+CaptionFormat = Annotated[str | None, _schema(enum=[*CAPTION_FORMATS, None])]
+
 OutputSampleRate = Annotated[int | None, _schema(minimum=8000, maximum=192000)]
 
 TimeoutSeconds = Annotated[float | None, _schema(minimum=-1)]
@@ -70,6 +73,9 @@ DOC_SETTINGS = (
     "gpu_idle_timeout",
     "model_evict_timeout",
     "gpu_offload_after_use",
+    "quality_retries",
+    "verify_default",
+    "verify_max_cer",
 )
 
 
@@ -98,10 +104,15 @@ ToolDecorator = Callable[..., Callable[[Callable[..., Any]], Any]]
 with the settings in force (`tool_decorator`)."""
 
 
+def _doc_value(value: Any) -> Any:
+    """A setting as a docstring quotes it: booleans as the assistant sends them (true / false)."""
+    return str(value).lower() if isinstance(value, bool) else value
+
+
 def tool_decorator(mcp: FastMCP, settings: Settings) -> ToolDecorator:
     """Docstrings quote this server's own limits and defaults, so the assistant reads the values in force.
     (An explicit list: a docstring must never be able to quote API_KEY or HF_TOKEN.)"""
-    doc_values = {name: getattr(settings, name) for name in DOC_SETTINGS} | {
+    doc_values = {name: _doc_value(getattr(settings, name)) for name in DOC_SETTINGS} | {
         "allowed_dirs": ", ".join(str(d) for d in settings.allowed_dirs)
     }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from fastmcp.tools.base import ToolResult
 from fastmcp.utilities.types import Audio
@@ -13,7 +12,8 @@ from mcp.types import ContentBlock, TextContent
 from pydantic import BaseModel, Field
 
 from llasa.config import Settings
-from llasa.types import SynthesisFacts
+from llasa.outputs import SavedOutput
+from llasa.types import SynthesisFacts, SynthesisResult
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,12 @@ class SpeechResult(SynthesisFacts):
     size_bytes: int
     sample_rate: int = Field(description="Sample rate of the saved file (Hz).")
     audio_inline: bool = Field(description="True when the audio itself is also in this result as audio content.")
+    captions_path: str | None = Field(
+        None, description="Absolute path of the saved captions file on the server (null: no captions asked for)."
+    )
+    captions_url: str | None = Field(
+        None, description="Download URL of the captions file on the REST server (kept for OUTPUT_TTL_HOURS)."
+    )
 
 
 class VoiceEntry(BaseModel):
@@ -52,12 +58,21 @@ class VoiceList(BaseModel):
     count: int
 
 
-def speech_result(result: Any, saved: Any, settings: Settings, sample_rate: int | None) -> ToolResult:
+def speech_result(
+    result: SynthesisResult,
+    saved: SavedOutput,
+    settings: Settings,
+    sample_rate: int | None,
+    saved_captions: SavedOutput | None = None,
+) -> ToolResult:
     """Structured result + content blocks for generate_speech, per MCP_AUDIO_RETURN."""
     mode = settings.mcp_audio_return
     inline = mode in ("inline", "both") and result.duration_s < settings.mcp_inline_max_seconds
     facts = result.facts() | {"sample_rate": sample_rate or result.sample_rate}
-    structured = SpeechResult(**saved.to_dict(), **facts, audio_inline=inline)
+    files = saved.to_dict()
+    if saved_captions is not None:
+        files |= {"captions_path": str(saved_captions.path), "captions_url": saved_captions.url}
+    structured = SpeechResult(**files, **facts, audio_inline=inline)
     summary = structured.model_dump()
     if mode in ("inline", "both") and not inline:
         summary["note"] = (
@@ -66,11 +81,13 @@ def speech_result(result: Any, saved: Any, settings: Settings, sample_rate: int 
         )
     content: list[ContentBlock] = []
     if mode == "inline" and inline:
+        captions = f" Captions ({structured.caption_format}): {structured.captions_url}" if saved_captions else ""
+        warnings = "".join(f" Warning: {warning}" for warning in structured.warnings)
         content.append(
             TextContent(
                 type="text",
                 text=f"Generated {structured.duration_s:.2f} s of speech ({structured.format}, "
-                f"{structured.sample_rate} Hz); the audio follows.",
+                f"{structured.sample_rate} Hz); the audio follows.{captions}{warnings}",
             )
         )
     else:

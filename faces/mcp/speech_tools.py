@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 from faces.mcp.common import (
     ADDITIVE,
     READ_ONLY,
+    CaptionFormat,
     MaxAudioSeconds,
     OutputFormat,
     OutputSampleRate,
@@ -104,6 +105,8 @@ def _stream_with_progress(
                 duration = round(piece.result.duration_s, 3)
                 progress(duration, duration, "done")
                 return piece.result
+            if piece.report is not None:  # a chunk's captions, no audio: the final result carries them all
+                continue
             seconds += len(piece.audio) / SAMPLE_RATE
             progress(
                 round(seconds, 3),
@@ -111,6 +114,22 @@ def _stream_with_progress(
                 f"chunk {piece.chunk_index + 1} of {piece.chunks_total}",
             )
     raise RuntimeError("the synthesis stream ended without its result")
+
+
+def _verify_with_progress(
+    service: TTSService, synthesis: SynthesisRequest, progress: Progress, cancel: threading.Event
+) -> SynthesisResult:
+    """Run a verified synthesis whole (not streamed: a stream cannot take back audio it has sent, so it could not
+    generate a misread chunk again) and report each chunk as it is kept: done = chunks kept, total = chunks.
+    Before that one notification at 0 names the stage (queue, transcribe, encode)."""
+
+    def chunk_progress(done: int, total: int, stage: str) -> None:
+        if stage == "chunk_done":
+            progress(float(done), float(total), f"{done} of {total} chunks checked")
+        else:
+            progress(0.0, None, stage)
+
+    return service.synthesize(synthesis, progress=chunk_progress, cancel=cancel)
 
 
 def register(tool: ToolDecorator, service: TTSService, settings: Settings) -> None:
@@ -137,6 +156,8 @@ def _add_generate_speech(tool: ToolDecorator, service: TTSService, settings: Set
         seed: Seed = None,
         format: OutputFormat = "wav",
         sample_rate: OutputSampleRate = None,
+        verify: bool | None = None,
+        captions: CaptionFormat = None,
     ) -> ToolResult:
         """Read text aloud, cloning the voice of a reference recording or a saved voice (Chinese or English).
 
@@ -145,11 +166,15 @@ def _add_generate_speech(tool: ToolDecorator, service: TTSService, settings: Set
         best, longer is trimmed), or neither (the model's own random voice). Long text is split at sentence ends
         and synthesised chunk by chunk. Progress notifications follow the audio as it is generated, several per
         chunk: progress = seconds of audio so far, total = the planned seconds (an upper bound), both equal to the
-        duration at the end. The audio is saved on the server.
+        duration at the end; with `verify` they count the chunks checked instead (progress = chunks kept, total =
+        chunks). The audio is saved on the server.
         Returns JSON with `path` (file on the server), `url` (download link on the REST API), `duration_s`,
         `sample_rate`, `reference_text` (the transcript the voice was conditioned on), `seed`, `chunks`,
-        `timings_s` and `warnings`; depending on the server's MCP_AUDIO_RETURN setting the audio itself is also
-        attached as audio content (`audio_inline` says whether it was).
+        `timings_s`, `warnings` (read them: e.g. a chunk whose every take failed its checks) and `chunk_reports`
+        (per text chunk: `attempts`, `kept_attempt`, `problems`, and with verify the `transcript` heard and its
+        `error_rate`); with `captions` also `captions` (the text), `caption_format`, `captions_path` and
+        `captions_url`. Depending on the server's MCP_AUDIO_RETURN setting the audio itself is also attached as
+        audio content (`audio_inline` says whether it was).
 
         Args:
             text: The words to speak, 1 to {max_text_chars} characters (MAX_TEXT_CHARS).
@@ -172,6 +197,14 @@ def _add_generate_speech(tool: ToolDecorator, service: TTSService, settings: Set
             format: Audio format of the saved file: wav (default), flac, mp3, opus, aac or pcm (raw 16-bit).
             sample_rate: Sample rate of the saved file in Hz, 8000 to 192000 (mp3, aac and opus take only their
                 codec's standard rates). Default 16000, the model's own rate.
+            verify: Check every chunk with speech recognition: Whisper transcribes each take, and a take whose
+                error rate against the chunk's text is above {verify_max_cer:g} (VERIFY_MAX_CER) is generated
+                again with another seed, up to {quality_retries} more times (QUALITY_RETRIES); when no take passes,
+                the best is kept and `warnings` says so. Slower (a transcription per take). Default
+                {verify_default} (VERIFY_DEFAULT). Loops, run-ons and dead air are caught either way.
+            captions: Word-timed captions of the speech, made with Whisper's word timings: 'srt' or 'vtt'
+                (subtitle cues) or 'json' (a list of objects with `word`, `start_s` and `end_s`). Returned as text
+                in `captions` and saved beside the audio (`captions_path`, `captions_url`). Default: none.
         """
         with tool_errors("generate_speech"):
             # Checked before the synthesis, so a bad format does not cost a generation first.
@@ -203,11 +236,20 @@ def _add_generate_speech(tool: ToolDecorator, service: TTSService, settings: Set
                 params=params,
                 surface="mcp",
                 endpoint="generate_speech",
+                # Resolved here, so the way it runs (whole when verified) and what the service does agree.
+                verify=settings.verify_default if verify is None else verify,
+                captions=captions,
             )
-            planned_s = max_audio_seconds if max_audio_seconds is not None else settings.max_audio_seconds
-            result = _stream_with_progress(service, synthesis, planned_s, progress, cancel)
+            if synthesis.verify:
+                result = _verify_with_progress(service, synthesis, progress, cancel)
+            else:
+                planned_s = max_audio_seconds if max_audio_seconds is not None else settings.max_audio_seconds
+                result = _stream_with_progress(service, synthesis, planned_s, progress, cancel)
             saved = service.save_output(result, fmt, sample_rate=sample_rate)
-            return speech_result(result, saved, settings, sample_rate)
+            saved_captions = None
+            if result.captions is not None and result.caption_format is not None:
+                saved_captions = service.outputs.save_captions(result.captions, result.caption_format)
+            return speech_result(result, saved, settings, sample_rate, saved_captions)
 
         with tool_errors("generate_speech"):
             return await _run_with_progress(ctx, synthesize)

@@ -22,6 +22,8 @@ HISTORY_LIMIT = 10
 """Results of one browser session kept in the list below the player."""
 GPU_REFRESH_S = 5.0
 MODE_REFERENCE, MODE_SAVED, MODE_NONE = "reference", "saved", "none"
+CAPTIONS_NONE = "none"
+"""The captions dropdown's "no captions" (its other values are the caption formats: srt, vtt, json)."""
 ALL_MODELS = "all"
 TRANSCRIBE_LANGUAGES = ("auto", "zh", "en", "yue", "ja", "ko", "fr", "de", "es", "ru", "it", "pt")
 EXAMPLE_TEXTS = (

@@ -61,12 +61,19 @@ _EN: dict[str, str] = {
     "seed": "Seed",
     "seed_info": "-1 = random; the seed used is shown with the result, reuse it to repeat a take",
     "output_format": "Download format",
+    "verify": "Verify with speech recognition",
+    "verify_info": "Whisper listens to every chunk and a misread one is generated again (slower; the audio plays "
+    "once it is checked)",
+    "captions": "Captions",
+    "captions_info": "Word-timed subtitles of the result, to download",
+    "captions_none": "None",
     "generate_btn": "Generate",
     "cancel_btn": "Cancel",
     "examples": "Examples (click to use)",
     # --- synthesize: result ----------------------------------------------------------------------------------
     "result_audio": "Result",
     "result_file": "Download",
+    "captions_file": "Captions",
     "history": "This session's results",
     "history_files": "Files of this session",
     "history_empty": "_Nothing generated yet in this session._",
@@ -131,7 +138,10 @@ _EN: dict[str, str] = {
         "- Temperature 0.6-0.9 suits most voices; lower it if words are skipped or repeated.\n"
         "- Chinese and English can be mixed in one text; punctuation helps the pauses.\n"
         "- The GPU runs one synthesis at a time; other requests wait in a queue and see their position.\n"
-        "- Browsers allow the microphone only on https:// pages or on localhost; elsewhere, upload a file.\n\n"
+        "- Browsers allow the microphone only on https:// pages or on localhost; elsewhere, upload a file.\n"
+        "- **Verify with speech recognition** has Whisper listen to every chunk and generate a misread one "
+        "again; the table under the result shows what it heard. **Captions** gives a subtitle file (SRT, "
+        "WebVTT) or word timings (JSON) with the result.\n\n"
         "## Examples\n"
         "- English: *The quick brown fox jumps over the lazy dog. It was a bright cold day in April.*\n"
         "- 中文：*今天天气真好，我们一起去公园散步吧。*\n"
@@ -155,12 +165,15 @@ _EN: dict[str, str] = {
     "fact_reference_text": "Transcript used",
     "fact_timings": "Stage timings",
     "fact_link": "Download link (REST)",
+    "fact_captions_link": "Captions link (REST)",
+    "fact_chunk_reports": "Chunk checks",
     "fact_notes": "Notes",
     "stage_name_load": "load models",
     "stage_name_transcribe": "transcribe",
     "stage_name_encode": "encode",
     "stage_name_generate": "generate",
     "stage_name_decode": "decode",
+    "stage_name_verify": "verify",
     "stage_name_total": "total",
     "trimmed_notice": (
         "⚠️ The reference clip was longer than {max_s:g} s, so only its first {kept_s:.1f} s were used "
@@ -175,6 +188,12 @@ _EN: dict[str, str] = {
     "col_rtf": "RTF",
     "col_seed": "Seed",
     "col_file": "File",
+    "col_chunk": "Chunk",
+    "col_attempts": "Takes",
+    "col_kept": "Kept take",
+    "col_heard": "Heard",
+    "col_error_rate": "Error rate",
+    "col_problems": "Problems",
     "no_reference": "none (model's own voice)",
     "uploaded_clip": "uploaded clip",
     # --- dynamic: voices --------------------------------------------------------------------------------------
@@ -271,11 +290,17 @@ _ZH: dict[str, str] = {
     "seed": "随机种子",
     "seed_info": "-1 = 随机；结果中会显示所用种子，再次使用可复现同一效果",
     "output_format": "下载格式",
+    "verify": "用语音识别校验",
+    "verify_info": "Whisper 逐段识别，读错的分段会重新生成（较慢；校验完成后才播放）",
+    "captions": "字幕",
+    "captions_info": "按词计时的字幕文件，随结果下载",
+    "captions_none": "无",
     "generate_btn": "生成语音",
     "cancel_btn": "取消",
     "examples": "示例（点击填入）",
     "result_audio": "合成结果",
     "result_file": "下载",
+    "captions_file": "字幕文件",
     "history": "本次会话的结果",
     "history_files": "本次会话的文件",
     "history_empty": "_本次会话还没有生成结果。_",
@@ -330,7 +355,9 @@ _ZH: dict[str, str] = {
         "- 温度 0.6-0.9 适合大多数音色；如出现漏字或重复，请调低。\n"
         "- 同一段文本可以中英混合；标点有助于停顿自然。\n"
         "- GPU 每次只运行一个合成任务，其余请求排队并显示位置。\n"
-        "- 浏览器只允许在 https:// 页面或 localhost 上使用麦克风；其他情况下请上传音频文件。\n\n"
+        "- 浏览器只允许在 https:// 页面或 localhost 上使用麦克风；其他情况下请上传音频文件。\n"
+        "- **用语音识别校验** 会让 Whisper 逐段识别，读错的分段重新生成，结果下方的表格显示识别到的内容。"
+        "**字幕** 会随结果提供字幕文件（SRT、WebVTT）或逐词时间（JSON）。\n\n"
         "## 示例\n"
         "- 中文：*今天天气真好，我们一起去公园散步吧。*\n"
         "- English: *The quick brown fox jumps over the lazy dog. It was a bright cold day in April.*\n"
@@ -352,12 +379,15 @@ _ZH: dict[str, str] = {
     "fact_reference_text": "使用的参考文本",
     "fact_timings": "各阶段耗时",
     "fact_link": "下载链接（REST）",
+    "fact_captions_link": "字幕链接（REST）",
+    "fact_chunk_reports": "分段检查",
     "fact_notes": "提示",
     "stage_name_load": "加载模型",
     "stage_name_transcribe": "识别",
     "stage_name_encode": "编码",
     "stage_name_generate": "生成",
     "stage_name_decode": "解码",
+    "stage_name_verify": "校验",
     "stage_name_total": "总计",
     "trimmed_notice": (
         "⚠️ 参考音频超过 {max_s:g} 秒，只使用了前 {kept_s:.1f} 秒（模型训练时使用的参考音频最长 {max_s:g} 秒）。"
@@ -371,6 +401,12 @@ _ZH: dict[str, str] = {
     "col_rtf": "实时率",
     "col_seed": "种子",
     "col_file": "文件",
+    "col_chunk": "分段",
+    "col_attempts": "生成次数",
+    "col_kept": "采用第几次",
+    "col_heard": "识别结果",
+    "col_error_rate": "错误率",
+    "col_problems": "问题",
     "no_reference": "无（模型默认音色）",
     "uploaded_clip": "上传的音频",
     "col_name": "名称",

@@ -121,6 +121,19 @@ def test_output_save_and_lookup(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("fmt", "mime_type"), [("srt", "application/x-subrip"), ("vtt", "text/vtt"), ("json", "application/json")]
+)
+def test_captions_are_kept_like_audio(tmp_path: Path, fmt: str, mime_type: str) -> None:
+    store = OutputStore(tmp_path, ttl_hours=1, base_url="http://host:7861")
+    saved = store.save_captions("WEBVTT\n\n00:00.000 --> 00:01.000\n你好 there\n", fmt)
+    assert saved.id.endswith(f".{fmt}")
+    assert (saved.format, saved.mime_type) == (fmt, mime_type)
+    assert saved.url == f"http://host:7861/api/outputs/{saved.id}"
+    assert store.path_for(saved.id).read_text(encoding="utf-8").endswith("你好 there\n")
+    assert saved.size_bytes == len(store.path_for(saved.id).read_bytes())
+
+
+@pytest.mark.parametrize(
     "output_id",
     ["../secret.wav", "/etc/passwd", "0" * 32 + ".exe", "..%2f..%2fx.wav", "", "a" * 32 + ".wav/../../x", "A" * 32],
 )

@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import requests
 import soundfile
+import srt
+import webvtt
 from conftest import tiny_settings
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
@@ -36,7 +38,7 @@ from llasa.audio import validate_output
 from llasa.config import ENV_FILE_VARIABLE, Settings
 from llasa.errors import InvalidInput, NotFound, VoiceNotFound
 from llasa.service import NOTHING_TO_CHANGE, TTSService
-from llasa.types import GenerationParams
+from llasa.types import GenerationParams, SynthesisRequest
 from mcp_server import create_http_server, create_mcp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,6 +64,11 @@ QUICK = {"max_audio_seconds": 0.2, "seed": 7}
 LONG_TEXT = " ".join(
     f"Sentence number {i} tells a little more of this long story about a quiet afternoon in the park."
     for i in range(1, 13)
+)
+# Four of those sentences make two chunks: the per-chunk checks of verify and captions.
+TWO_CHUNKS_TEXT = " ".join(
+    f"Sentence number {i} tells a little more of this long story about a quiet afternoon in the park."
+    for i in range(1, 5)
 )
 START_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 180.0
@@ -121,6 +128,31 @@ async def call_error(url: str, tool: str, args: dict[str, Any]) -> str:
     text = "\n".join(block.text for block in result.content if block.type == "text")
     assert "Traceback" not in text
     return text
+
+
+@contextlib.contextmanager
+def serve_rest(service: TTSService, settings: Settings) -> Iterator[str]:
+    """The REST API over the same service on a free port; yield its base URL once /health answers."""
+    from api_server import create_app, make_server
+
+    rest = make_server(create_app(service, settings), settings, host="127.0.0.1", port=0)
+    thread = threading.Thread(target=rest.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{rest.effective_port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if requests.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the REST server did not answer in time"
+            time.sleep(0.05)
+        yield base
+    finally:
+        rest.close()
+        thread.join(timeout=15)
 
 
 # --- fixtures -------------------------------------------------------------------------------------------------
@@ -205,6 +237,14 @@ def test_tools_are_listed_with_schemas_descriptions_and_annotations(url: str, se
     for tool, arg in (("generate_speech", "reference_audio_path"), ("transcribe_audio", "audio_path")):
         assert str(Path(settings.temp_dir).resolve()) in tools[tool].input_schema["properties"][arg]["description"]
     assert "progress" in speech.description
+    assert props["captions"]["enum"] == ["srt", "vtt", "json", None]
+    verify = " ".join(props["verify"]["description"].split())
+    assert f"{settings.verify_max_cer:g} (VERIFY_MAX_CER)" in verify
+    assert f"up to {settings.quality_retries} more times (QUALITY_RETRIES)" in verify
+    assert f"Default {str(settings.verify_default).lower()} (VERIFY_DEFAULT)" in verify
+    assert {"chunk_reports", "captions", "caption_format", "captions_path", "captions_url", "warnings"} <= set(
+        speech.output_schema["properties"]
+    )
 
     def hints(name: str) -> dict[str, Any]:
         return tools[name].annotations.model_dump(by_alias=True, exclude_none=True)
@@ -303,6 +343,137 @@ def test_progress_covers_every_chunk(url: str) -> None:
     messages = {message for _p, _t, message in updates}
     assert {f"chunk {i} of {chunks}" for i in range(1, chunks + 1)} <= messages
     assert updates[-1][0] == pytest.approx(result.structured_content["duration_s"], abs=1e-3)
+
+
+def test_verify_retries_every_chunk_and_keeps_the_best_take_with_a_warning(url: str, settings: Settings) -> None:
+    """The tiny Whisper hears noise, so no take passes: every chunk is made 1 + QUALITY_RETRIES times, the best
+    take is kept, and the result says so. A verified synthesis is not streamed (a stream cannot take back audio
+    it has sent), so progress counts the chunks checked."""
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    result = run(
+        call(url, "generate_speech", {"text": TWO_CHUNKS_TEXT, "verify": True, **QUICK}, progress_handler=on_progress)
+    )
+    data = result.structured_content
+    takes = 1 + settings.quality_retries
+    assert data["chunks"] == 2
+    reports = data["chunk_reports"]
+    assert [(r["index"], r["attempts"]) for r in reports] == [(0, takes), (1, takes)]
+    for report in reports:
+        assert 1 <= report["kept_attempt"] <= takes
+        assert len(report["problems"]) == takes
+        assert all("error rate" in problem for problem in report["problems"])
+        assert isinstance(report["transcript"], str)
+        assert report["error_rate"] > settings.verify_max_cer
+    kept_warnings = [w for w in data["warnings"] if "did not pass every check" in w]
+    assert len(kept_warnings) == 2
+    assert kept_warnings[0].startswith(f"chunk 1 of 2: kept take {reports[0]['kept_attempt']} of {takes}")
+    assert data["timings_s"]["verify"] > 0
+    assert data["captions"] is None
+    assert data["captions_path"] is None
+    assert data["captions_url"] is None
+    assert soundfile.info(data["path"]).frames / 16000 == pytest.approx(data["duration_s"], abs=0.002)
+    values = [progress for progress, _total, _message in updates]
+    assert values == sorted(set(values)), f"progress must strictly increase: {updates}"
+    assert [(p, t, m) for p, t, m in updates if p > 0] == [
+        (1, 2, "1 of 2 chunks checked"),
+        (2, 2, "2 of 2 chunks checked"),
+    ]
+
+
+def test_verify_false_overrides_a_server_that_verifies_by_default(service: TTSService, settings: Settings) -> None:
+    verifying = settings.model_copy(update={"verify_default": True})
+    with serve_http(create_mcp(service, verifying), verifying) as address:
+        by_default = run(call(address, "generate_speech", {"text": "Hello there.", **QUICK})).structured_content
+        plain = run(call(address, "generate_speech", {"text": "Hello there.", "verify": False, **QUICK}))
+    assert by_default["chunk_reports"][0]["attempts"] == 1 + settings.quality_retries
+    assert by_default["chunk_reports"][0]["error_rate"] is not None
+    (report,) = plain.structured_content["chunk_reports"]
+    assert (report["attempts"], report["transcript"], report["error_rate"]) == (1, None, None)
+    assert not any("did not pass" in w for w in plain.structured_content["warnings"])
+
+
+def vtt_seconds(stamp: str) -> float:
+    hours, minutes, seconds = stamp.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt", "json"])
+def test_captions_are_returned_and_saved_beside_the_audio(url: str, settings: Settings, fmt: str) -> None:
+    """Captions come from the stream's chunk reports (pieces without audio): progress still follows the audio
+    windows and ends at the duration."""
+    updates: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, total, message))
+
+    args = {"text": "Good morning. 早上好。", "captions": fmt, "max_audio_seconds": 1.0, "seed": 4}
+    data = run(call(url, "generate_speech", args, progress_handler=on_progress)).structured_content
+    duration = data["duration_s"]
+    assert data["caption_format"] == fmt
+    captions = data["captions"]
+    assert captions
+    path = Path(data["captions_path"])
+    assert path.parent == Path(settings.output_dir).resolve()
+    assert path.suffix == f".{fmt}"
+    assert path.read_text(encoding="utf-8") == captions
+    assert data["captions_url"] == f"{settings.api_base_url}/api/outputs/{path.name}"
+    assert path.name != Path(data["path"]).name
+    if fmt == "srt":
+        cues = list(srt.parse(captions))
+        assert "".join(cue.content for cue in cues).replace(" ", "") == "Goodmorning.早上好。"
+        spans = [(cue.start.total_seconds(), cue.end.total_seconds()) for cue in cues]
+    elif fmt == "vtt":
+        cues = webvtt.from_buffer(io.StringIO(captions))
+        assert "Good morning." in " ".join(cue.text for cue in cues)
+        spans = [(vtt_seconds(cue.start), vtt_seconds(cue.end)) for cue in cues]
+    else:
+        words = json.loads(captions)
+        assert [word["word"] for word in words] == ["Good", "morning", "早", "上", "好"]
+        spans = [(word["start_s"], word["end_s"]) for word in words]
+    assert spans
+    assert [start for start, _end in spans] == sorted(start for start, _end in spans)
+    assert all(0 <= start <= end <= duration + 1e-3 for start, end in spans)
+    # Words were timed (a transcription per chunk), but nothing was verified or made again.
+    (report,) = data["chunk_reports"]
+    assert report["attempts"] == 1
+    assert not any("did not pass" in w for w in data["warnings"])
+    values = [progress for progress, _total, _message in updates]
+    assert values == sorted(set(values)), f"progress must strictly increase: {updates}"
+    assert any(message == "chunk 1 of 1" for _p, _t, message in updates)
+    assert updates[-1] == (pytest.approx(duration, abs=1e-3), pytest.approx(duration, abs=1e-3), "done")
+
+
+def test_a_captions_file_downloads_from_the_rest_outputs_route(
+    url: str, service: TTSService, settings: Settings
+) -> None:
+    with serve_rest(service, settings) as base:
+        for fmt, mime_type in (("vtt", "text/vtt"), ("json", "application/json")):
+            data = run(call(url, "generate_speech", {"text": "Hello there.", "captions": fmt, **QUICK}))
+            output_id = Path(data.structured_content["captions_path"]).name
+            assert data.structured_content["captions_url"].endswith(f"/api/outputs/{output_id}")
+            answer = requests.get(f"{base}/api/outputs/{output_id}", timeout=30)
+            assert answer.status_code == 200
+            assert answer.headers["Content-Type"].startswith(mime_type)
+            assert answer.content.decode("utf-8") == data.structured_content["captions"]
+
+
+def test_bad_quality_arguments_are_tool_errors_naming_the_field(url: str, settings: Settings) -> None:
+    outputs = Path(settings.output_dir)
+    before = set(outputs.iterdir())
+    with pytest.raises(InvalidInput) as expected:
+        SynthesisRequest(text="Hi.", captions="ass")
+    message = run(call_error(url, "generate_speech", {"text": "Hi.", "captions": "ass", **QUICK}))
+    assert message == expected.value.message
+    assert message.startswith("captions 'ass' is not a caption format")
+    assert "srt, vtt, json" in message
+    message = run(call_error(url, "generate_speech", {"text": "Hi.", "verify": "perhaps", **QUICK}))
+    assert "verify" in message
+    assert "bool" in message
+    assert set(outputs.iterdir()) == before, "a refused request must not save anything"
 
 
 def test_cancelling_the_call_stops_the_synthesis(url: str, service: TTSService, settings: Settings) -> None:
@@ -775,23 +946,7 @@ def test_stdio_transport_serves_the_same_tools(make_settings: Any, tmp_path: Pat
 def test_rest_and_mcp_share_one_service(url: str, service: TTSService, settings: Settings, reference_wav: Path) -> None:
     """REST and MCP in one process over one TTSService: an offload through MCP shows in REST's GPU status, and a
     voice created over REST is listed by MCP's list_voices."""
-    from api_server import create_app, make_server
-
-    rest = make_server(create_app(service, settings), settings, host="127.0.0.1", port=0)
-    thread = threading.Thread(target=rest.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{rest.effective_port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "the REST server did not answer in time"
-            time.sleep(0.05)
-
+    with serve_rest(service, settings) as base:
         run(call(url, "update_gpu_timeout", {"offload_after_use": False, "idle_timeout_s": -1}))
         try:
             run(call(url, "generate_speech", {"text": "Load the models.", **QUICK}))
@@ -823,6 +978,3 @@ def test_rest_and_mcp_share_one_service(url: str, service: TTSService, settings:
             assert "from rest" in {v["name"] for v in voices}
         finally:
             service.delete_voice("from rest")
-    finally:
-        rest.close()
-        thread.join(timeout=15)

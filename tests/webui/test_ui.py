@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import requests
 import soundfile
+import srt
+import webvtt
 from conftest import tiny_settings
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -170,7 +172,7 @@ def test_gpu_events_share_one_queue_of_one(ui: SimpleNamespace) -> None:
 
 def test_synthesize_with_a_reference_file(ui: SimpleNamespace, audio_dir: Path) -> None:
     outputs = _synthesize(ui.client, reference_audio=handle_file(str(audio_dir / "en_16k_mono.wav")))
-    playable, download, facts, _notice, history_md, history_files, transcript, _live = outputs
+    playable, download, facts, _notice, history_md, history_files, transcript, captions_file, _live = outputs
     samples, rate = soundfile.read(playable)
     assert rate == 16000
     assert 0 < len(samples) <= 16000 * 1.05
@@ -183,6 +185,8 @@ def test_synthesize_with_a_reference_file(ui: SimpleNamespace, audio_dir: Path) 
     assert transcript
     assert "Hello from the web UI." in history_md
     assert len(history_files) == 1
+    assert captions_file is None  # none asked for
+    assert "Chunk checks" not in facts  # one take, nothing checked: nothing to report per chunk
 
 
 def test_synthesize_mp3_keeps_a_wav_player_and_lists_the_session(ui: SimpleNamespace, audio_dir: Path) -> None:
@@ -366,16 +370,100 @@ def test_audio_streams_to_the_live_player_before_the_end(ui: SimpleNamespace) ->
     assert len(samples) == streamed
 
 
+def _carriers(job: Any) -> list[str]:
+    """The live player's carrier values among a finished job's updates (the final result leaves it unchanged)."""
+    return [update[-1] for update in job.outputs()[:-1] if isinstance(update[-1], str)]
+
+
+def _submit(client: Client, **overrides: object) -> Any:
+    arguments: dict[str, object] = {
+        "voice_mode": "none",
+        "reference_audio": None,
+        "reference_text": "",
+        "voice": None,
+        "language": "auto",
+        "text_input": "Hello from the web UI.",
+        "max_seconds": 1,
+        "seed": 7,
+        "output_format": "wav",
+    }
+    return client.submit(**(arguments | overrides), api_name="/synthesize")
+
+
+def test_verify_makes_every_take_again_and_reports_each_chunk(ui: SimpleNamespace) -> None:
+    """The tiny Whisper hears noise: each chunk is made 1 + QUALITY_RETRIES times and the best take kept, with a
+    note. A verified synthesis is not played live (a chunk may be made again): the player gets it at the end."""
+    takes = 1 + ui.settings.quality_retries
+    job = _submit(ui.client, text_input="Check every word of this.", verify=True, captions="vtt", seed=3)
+    playable, _download, facts, *_rest, captions_file, _live = job.result(timeout=300)
+    assert _carriers(job) == []
+    assert soundfile.info(playable).samplerate == 16000
+    table = facts.split("**Chunk checks**:", 1)[1].split("\n\n**", 1)[0]
+    header, _rule, *rows = [line for line in table.strip().splitlines() if line.startswith("|")]
+    assert header == "| Chunk | Text | Takes | Kept take | Heard | Error rate | Problems |"
+    assert len(rows) == 1
+    cells = [cell.strip() for cell in rows[0].strip("|").split(" | ")]
+    assert cells[:3] == ["1", "Check every word of this.", str(takes)]
+    assert 1 <= int(cells[3]) <= takes
+    assert cells[4] != "—"  # transcribed (what the tiny Whisper heard, maybe nothing: ∅)
+    assert cells[5].endswith("%")
+    assert int(cells[5].rstrip("%")) > ui.settings.verify_max_cer * 100
+    assert cells[6].count("error rate") == takes
+    assert "did not pass every check" in facts.split("**Notes**:", 1)[1]
+    assert "verify" in facts.split("**Stage timings**:", 1)[1].split("\n", 1)[0]
+    cues = webvtt.from_buffer(io.StringIO(Path(captions_file).read_text(encoding="utf-8")))
+    assert " ".join(cue.text for cue in cues) == "Check every word of this."
+    assert "**Captions link (REST)**" in facts
+
+
+def test_captions_come_with_the_live_stream(ui: SimpleNamespace) -> None:
+    """Captions without verify: the audio still plays as it is generated (the chunks' reports carry no audio and
+    are not sent to the player), the captions file comes at the end and parses with a real SRT parser."""
+    job = _submit(ui.client, text_input="Captions, while it plays. 然后是中文。", captions="srt", max_seconds=2)
+    _playable, download, facts, *_rest, captions_file, _live = job.result(timeout=300)
+    carriers = _carriers(job)
+    assert carriers, "the audio should have streamed to the live player"
+    streamed = sum(len(base64.b64decode(piece.split(":")[1])) // 2 for piece in carriers[-1].split(";")[1:])
+    samples, _rate = soundfile.read(download)
+    assert len(samples) == streamed  # no empty report piece reached the player, and nothing was lost
+    assert Path(captions_file).suffix == ".srt"
+    cues = list(srt.parse(Path(captions_file).read_text(encoding="utf-8")))
+    assert "".join(cue.content for cue in cues).replace(" ", "") == "Captions,whileitplays.然后是中文。"
+    spans = [(cue.start.total_seconds(), cue.end.total_seconds()) for cue in cues]
+    assert all(0 <= start <= end <= len(samples) / 16000 + 1e-3 for start, end in spans)
+    row = facts.split("**Chunk checks**:", 1)[1].strip().splitlines()[2]
+    assert row.startswith("| 1 | Captions, while it plays. 然后是中文。 | 1 | 1 |")  # heard, not retried
+    saved = (
+        Path(ui.settings.output_dir) / facts.split("**Captions link (REST)**: `", 1)[1].split("`", 1)[0].split("/")[-1]
+    )
+    assert saved.read_text(encoding="utf-8") == Path(captions_file).read_text(encoding="utf-8")
+
+
+def test_verify_defaults_to_the_setting_and_captions_to_none(ui: SimpleNamespace) -> None:
+    for verify_default in (False, True):
+        settings = ui.settings.model_copy(update={"verify_default": verify_default})
+        demo = app.create_ui(ui.service, settings)
+        components = {block.elem_id: block for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+        assert components["verify"].value is verify_default
+        assert components["captions"].value == "none"
+        assert [value for _label, value in components["captions"].choices] == ["none", "srt", "vtt", "json"]
+    with pytest.raises(AppError, match="not in the list of choices"):
+        _synthesize(ui.client, voice_mode="none", captions="ass")
+
+
 def test_cancel_stops_a_running_synthesis(ui: SimpleNamespace) -> None:
     before = set((ui.root / "outputs").iterdir())
-    # 60 s of audio is 3,000 tokens for the tiny model: long enough to be caught while it generates.
+    # The tiny model never ends a take, so each runs to the run-on guard's bound for its text (1,341 codes for
+    # this sentence, under max_seconds' 3,000) and is made again: long enough to be caught while it generates.
+    # (A short text's bound is a few hundred codes, over in a moment on a quiet machine.)
     job = ui.client.submit(
         voice_mode="none",
         reference_audio=None,
         reference_text="",
         voice=None,
         language="auto",
-        text_input="A long one.",
+        text_input="A long one, told slowly: it goes on and on about the weather, the sea, the hills and the town, "
+        "and then it starts all over again.",
         max_seconds=60,
         seed=1,
         output_format="wav",

@@ -91,6 +91,8 @@ def test_clone_a_voice_in_the_browser(ui: SimpleNamespace, browser: Browser, aud
         page.wait_for_function("() => document.querySelector('#reference-text textarea').value.trim().length > 0")
         page.locator("#text-input textarea").fill("Hello from a real browser.")
         assert page.locator("#char-count").inner_text().strip() == f"26 / {ui.settings.max_text_chars}"
+        # Verification starts as VERIFY_DEFAULT says (off here, so the audio plays while it is generated).
+        assert page.get_by_label("Verify with speech recognition").is_checked() is ui.settings.verify_default
         page.locator("#generate").click()
 
         # A playable result: the browser's <audio> got a src, loaded its metadata and knows the duration.
@@ -117,6 +119,7 @@ def test_clone_a_voice_in_the_browser(ui: SimpleNamespace, browser: Browser, aud
         download = page.locator("#result-file a[download]").first
         assert download.get_attribute("href")
         assert "Real-time factor" in page.locator("#facts").inner_text()
+        assert not page.locator("#captions-file").is_visible()  # no captions were asked for
         assert "Hello from a real browser." in page.locator("#history").inner_text()
 
         page.screenshot(path=str(tmp_path / "synthesize-en.png"), full_page=True)
@@ -133,6 +136,7 @@ def test_chinese_dark_page_and_the_other_tabs(ui: SimpleNamespace, browser: Brow
             assert page.get_by_role("tab", name=label).is_visible()
         assert page.get_by_role("button", name="生成语音").is_visible()
         assert page.get_by_text("参考音频文本").first.is_visible()
+        assert page.get_by_label("用语音识别校验").is_visible()
         assert page.evaluate("() => document.body.classList.contains('dark')") or page.evaluate(
             "() => !!document.querySelector('.dark')"
         )

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 from types import SimpleNamespace
 
 from faces.webui.common import (
+    CAPTIONS_NONE,
     COUNT_JS,
     EXAMPLE_TEXTS,
     GPU_JOB,
@@ -140,23 +141,30 @@ class SynthesisHandlers(WebUIBase):
     def _stream_result(
         self, synthesis: SynthesisRequest, lang: str, progress: gr.Progress, cancel: Any
     ) -> Iterator[str | SynthesisResult]:
-        """The live player's carrier value after each audio window (see LIVE_PLAY_JS), then the whole result."""
+        """The live player's carrier value after each audio window (see LIVE_PLAY_JS), then the whole result.
+
+        A verified synthesis is not streamed: a misread chunk is generated again, and audio already played cannot
+        be taken back, so it runs whole and the player gets it at the end (the progress bar counts the chunks).
+        """
         from llasa.audio import pcm16_bytes
 
-        pieces = self.service.synthesize_stream(
-            synthesis, progress=self._progress_reporter(progress, lang), cancel=cancel
-        )
+        reporter = self._progress_reporter(progress, lang)
+        if synthesis.verify:
+            yield self.service.synthesize(synthesis, progress=reporter, cancel=cancel)
+            return
+        pieces = self.service.synthesize_stream(synthesis, progress=reporter, cancel=cancel)
         with closing(pieces):  # type: ignore[type-var]  # a generator has close()
             carrier = uuid.uuid4().hex
             for piece in pieces:
-                if len(piece.audio):
+                # A chunk's report (its captions) has no audio for the player; the final result brings them all.
+                if piece.report is None and len(piece.audio):
                     carrier += f";{SAMPLE_RATE}:{base64.b64encode(pcm16_bytes(piece.audio)).decode('ascii')}"
                     yield carrier
                 if piece.result is not None:
                     yield piece.result
 
-    # Over 100 lines because gradio hands every input over as its own parameter (17 lines of signature) and
-    # the result is 9 outputs built in one place; the steps themselves are helpers above.
+    # Over 100 lines because gradio hands every input over as its own parameter (19 lines of signature) and
+    # the result is 10 outputs built in one place; the steps themselves are helpers above.
     def synthesize(
         self,
         voice_mode: str,
@@ -172,12 +180,15 @@ class SynthesisHandlers(WebUIBase):
         max_seconds: float | None,
         seed: float | None,
         output_format: str | None,
+        verify: bool | None,
+        captions: str | None,
         history: list[dict[str, Any]] | None,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's documented way to receive a tracker)
     ) -> Iterator[tuple[Any, ...]]:
-        """Speak `text_input` in the chosen voice: the live player gets each audio window as it is generated,
-        then the last update brings the player audio, download file, facts and history."""
+        """Speak `text_input` in the chosen voice: the live player gets each audio window as it is generated
+        (unless `verify`), then the last update brings the player audio, download file, facts, history and the
+        captions file (`captions`: "srt", "vtt", "json" or "none")."""
         lang = lang_of(request)
         history = list(history or [])
         fmt = (output_format or "wav").lower()
@@ -202,10 +213,12 @@ class SynthesisHandlers(WebUIBase):
                 params=params,
                 surface="webui",
                 endpoint="synthesize",
+                verify=self.settings.verify_default if verify is None else verify,
+                captions=None if captions == CAPTIONS_NONE else captions,
                 **voice_fields,
             )
             progress(0, desc=text(lang, "stage_queue"))
-            unchanged = (*(gr.update() for _ in range(4)), history, gr.update(), gr.update(), gr.update())
+            unchanged = (*(gr.update() for _ in range(4)), history, *(gr.update() for _ in range(4)))
             result: SynthesisResult | None = None
             try:
                 with self._cancel_scope(request) as cancel:
@@ -222,6 +235,9 @@ class SynthesisHandlers(WebUIBase):
             assert result is not None  # the stream's final piece carries it
             download = self.service.save_output(result, fmt)
             playable = download if fmt == "wav" else self.service.save_output(result, "wav")
+            captions_file = None
+            if result.captions is not None and result.caption_format is not None:
+                captions_file = self.service.outputs.save_captions(result.captions, result.caption_format)
 
         # Plain values (not gr.update) throughout, so gradio_client callers get strings and files back.
         notice = ""
@@ -236,7 +252,13 @@ class SynthesisHandlers(WebUIBase):
                 + " "
                 + text(lang, "transcript_for_kept", kept_s=result.reference_seconds)
             )
-        facts = self._facts_markdown(result, lang, download.url, trim_notice=notice.removeprefix("> "))
+        facts = self._facts_markdown(
+            result,
+            lang,
+            download.url,
+            trim_notice=notice.removeprefix("> "),
+            captions_url=captions_file.url if captions_file else "",
+        )
         if voice_mode == MODE_SAVED:
             voice_label = voice or ""
         elif voice_mode == MODE_NONE:
@@ -271,13 +293,16 @@ class SynthesisHandlers(WebUIBase):
             self._history_markdown(history, lang),
             self._history_files(history),
             transcript,
+            str(captions_file.path) if captions_file else None,
             # The carrier keeps the take until the next one, so a last piece that arrives with this update
             # still plays.
             gr.update(),
         )
 
-    def _facts_markdown(self, result: SynthesisResult, lang: str, url: str, *, trim_notice: str = "") -> str:
-        stages = ("load", "transcribe", "encode", "generate", "decode", "total")
+    def _facts_markdown(
+        self, result: SynthesisResult, lang: str, url: str, *, trim_notice: str = "", captions_url: str = ""
+    ) -> str:
+        stages = ("load", "transcribe", "encode", "generate", "decode", "verify", "total")
         timings = " · ".join(
             f"{text(lang, 'stage_name_' + stage)} {result.timings_s[stage]:.2f} s"
             for stage in stages
@@ -297,6 +322,9 @@ class SynthesisHandlers(WebUIBase):
         if result.reference_text:
             lines.append(f"\n**{text(lang, 'fact_reference_text')}**: {md(result.reference_text)}")
         lines.append(f"\n**{text(lang, 'fact_link')}**: `{url}`")
+        if captions_url:
+            lines.append(f"\n**{text(lang, 'fact_captions_link')}**: `{captions_url}`")
+        lines.extend(self._chunk_reports_markdown(result, lang))
         notes = [md(w) for w in getattr(result, "warnings", []) or [] if w]
         if trim_notice:
             # The service's trim note is English; the UI says the same in the page's language.
@@ -306,6 +334,30 @@ class SynthesisHandlers(WebUIBase):
             lines.append(f"\n**{text(lang, 'fact_notes')}**:")
             lines.extend(f"- {n}" for n in notes)
         return "\n".join(lines)
+
+    @staticmethod
+    def _chunk_reports_markdown(result: SynthesisResult, lang: str) -> list[str]:
+        """Per chunk: the takes it needed, what the recogniser heard and its error rate. Only when there is more
+        to say than "one take, nothing wrong" (something was checked, retried or found)."""
+        reports = result.chunk_reports
+        if not any(r.transcript is not None or r.attempts > 1 or r.problems for r in reports):
+            return []
+        columns = ("col_chunk", "col_text", "col_attempts", "col_kept", "col_heard", "col_error_rate", "col_problems")
+        lines = [
+            f"\n**{text(lang, 'fact_chunk_reports')}**:\n",
+            "| " + " | ".join(text(lang, c) for c in columns) + " |",
+            "|" + "---|" * len(columns),
+        ]
+        for r in reports:
+            # "—": not transcribed; "∅": transcribed, and nothing was heard
+            heard = "—" if r.transcript is None else (md(preview(r.transcript)) or "∅")
+            error_rate = "—" if r.error_rate is None else f"{r.error_rate:.0%}"
+            problems = md("; ".join(r.problems)) if r.problems else "—"
+            lines.append(
+                f"| {r.index + 1} | {md(preview(r.text))} | {r.attempts} | {r.kept_attempt} | {heard} "
+                f"| {error_rate} | {problems} |"
+            )
+        return lines
 
     @staticmethod
     def _history_markdown(history: list[dict[str, Any]], lang: str) -> str:
@@ -472,6 +524,22 @@ def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> 
                 gr.Examples([[e] for e in EXAMPLE_TEXTS], inputs=[text_input], label=t("examples"))
                 with gr.Accordion(t("advanced"), open=False):
                     parameters = _generation_parameters(settings, t, formats)
+                with gr.Row(elem_classes=["llasa-bottom"]):
+                    verify = gr.Checkbox(
+                        value=settings.verify_default,
+                        label=t("verify"),
+                        info=t("verify_info"),
+                        scale=3,
+                        elem_id="verify",
+                    )
+                    captions = gr.Dropdown(
+                        [(t("captions_none"), CAPTIONS_NONE), ("SRT", "srt"), ("WebVTT", "vtt"), ("JSON", "json")],
+                        value=CAPTIONS_NONE,
+                        label=t("captions"),
+                        info=t("captions_info"),
+                        scale=2,
+                        elem_id="captions",
+                    )
                 with gr.Row():
                     generate_btn = gr.Button(t("generate_btn"), variant="primary", scale=3, elem_id="generate")
                     cancel_btn = gr.Button(t("cancel_btn"), variant="stop", scale=1, elem_id="cancel")
@@ -496,6 +564,9 @@ def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> 
                 )
                 # Shown once there is something to download (an empty file box is a big blank panel).
                 result_file = gr.File(label=t("result_file"), interactive=False, visible=False, elem_id="result-file")
+                captions_file = gr.File(
+                    label=t("captions_file"), interactive=False, visible=False, elem_id="captions-file"
+                )
                 notice = gr.Markdown("", elem_classes=["llasa-notice"], elem_id="notice")
                 facts = gr.Markdown(elem_classes=["llasa-facts"], elem_id="facts")
         with gr.Accordion(t("history"), open=True):
@@ -521,6 +592,9 @@ def create_synthesis_tab(settings: Settings, t: gr.I18n, formats: list[str]) -> 
         result_audio=result_audio,
         live_audio=live_audio,
         result_file=result_file,
+        verify=verify,
+        captions=captions,
+        captions_file=captions_file,
         notice=notice,
         facts=facts,
         generate_btn=generate_btn,
@@ -583,6 +657,8 @@ def wire_synthesis_events(ui: SynthesisHandlers, page: SimpleNamespace, settings
             page.max_seconds,
             page.seed,
             page.output_format,
+            page.verify,
+            page.captions,
             page.history,
         ],
         outputs=[
@@ -594,16 +670,19 @@ def wire_synthesis_events(ui: SynthesisHandlers, page: SimpleNamespace, settings
             page.history_md,
             page.history_files,
             page.reference_text,
+            page.captions_file,
             page.live_audio,
         ],
         api_name="synthesize",
         show_progress_on=[page.result_audio],
         **gpu,
     )
-    # The file boxes appear with the first result (plain outputs above keep the API simple).
+    # The file boxes appear with the first result (plain outputs above keep the API simple); the captions box
+    # only while there are captions.
     generate.success(
-        lambda: (gr.update(visible=True), gr.update(visible=True)),
-        outputs=[page.result_file, page.history_files],
+        lambda captions: (gr.update(visible=True), gr.update(visible=True), gr.update(visible=bool(captions))),
+        inputs=[page.captions_file],
+        outputs=[page.result_file, page.history_files, page.captions_file],
         api_visibility="private",
         **light,
     )
