@@ -1,8 +1,9 @@
 """The REST face's app factory: `create_app(service, settings)`.
 
 The routes live in `faces/rest/routes/` (one module per route group, each a Blueprint); this module wires them
-to one `ApiContext`, adds bearer-key auth, request metrics, CORS, the error mapping and the Swagger docs at
-/apidocs (/apispec_1.json). Every route decodes the request, calls one `TTSService` method and encodes the answer."""
+to one `ApiContext`, adds bearer-key auth, request metrics, CORS, the error mapping and the OpenAPI docs at
+/apidocs (/apispec_1.json, generated from the routes' models). Every route gets its request validated by its
+models, calls one `TTSService` method and encodes the answer."""
 
 from __future__ import annotations
 
@@ -15,13 +16,10 @@ from flasgger import Swagger
 from flask import Flask, Response, g, request
 from flask_cors import CORS
 
-from faces.rest.common import (
-    EXPOSED_HEADERS,
-    ApiContext,
-)
+from faces.rest.common import EXPOSED_HEADERS, ApiContext
 from faces.rest.errors import register_error_handlers
+from faces.rest.openapi import build_spec
 from faces.rest.routes import outputs, speech, status, transcriptions, tts, voices
-from faces.rest.schemas import definitions
 from llasa import __version__
 from llasa.config import Settings
 from llasa.errors import Unauthorized
@@ -84,28 +82,15 @@ def create_app(service: Any, settings: Settings) -> Flask:
     _register_hooks(app, ctx)
     for blueprint in ROUTE_GROUPS:
         app.register_blueprint(blueprint)
-    template = {
-        "swagger": "2.0",
-        "info": {
-            "title": "Llasa TTS REST API",
-            "version": __version__,
-            "description": (
-                "Voice-cloning text-to-speech (Llasa + XCodec2 + faster-whisper). Errors are "
-                '{"error": {"code", "message"}}. The /v1 routes follow OpenAI\'s audio API.'
-            ),
-        },
-        "securityDefinitions": {
-            "bearer": {
-                "type": "apiKey",
-                "name": "Authorization",
-                "in": "header",
-                "description": (
-                    "Type 'Bearer <API_KEY>' (needed when the server sets API_KEY; the docs themselves load without it)"
-                ),
-            }
-        },
-        "security": [{"bearer": []}],
-        "definitions": definitions(),  # generated from faces/rest/schemas.py
+    info = {
+        "title": "Llasa TTS REST API",
+        "version": __version__,
+        "description": (
+            "Voice-cloning text-to-speech (Llasa + XCodec2 + faster-whisper). Errors are "
+            '{"error": {"code", "message"}}. The /v1 routes follow OpenAI\'s audio API.'
+        ),
     }
-    Swagger(app, template=template)
+    # Generated from the routes' @operation records and the models they name (faces/rest/openapi.py).
+    spec = build_spec(app, info)
+    Swagger(app, template=spec, config={**Swagger.DEFAULT_CONFIG, "openapi": spec["openapi"]})
     return app

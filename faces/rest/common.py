@@ -1,4 +1,4 @@
-"""Helpers shared by the REST front end's modules: request decoding, response headers, disconnect detection.
+"""Helpers shared by the REST front end's modules: reading a body, response headers, disconnect detection.
 
 Nothing here imports torch or the models; it only turns HTTP requests into arguments for `TTSService` and
 its answers back into HTTP.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -17,25 +16,11 @@ from typing import Any
 from flask import Request, current_app, request
 from werkzeug.datastructures import FileStorage
 
-from faces.inputs import AudioInput, read_audio
 from llasa.config import Settings
 from llasa.errors import InvalidInput, TTSError
-from llasa.types import GenerationParams, SynthesisRequest, SynthesisResult
+from llasa.types import SynthesisRequest, SynthesisResult
 
 logger = logging.getLogger(__name__)
-
-#: Output rates a caller may ask for (every encoder we ship accepts these).
-ALLOWED_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
-GENERATION_FIELDS: dict[str, type] = {
-    "temperature": float,
-    "top_p": float,
-    "top_k": int,
-    "repetition_penalty": float,
-    "max_audio_seconds": float,
-    "seed": int,
-}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class UnsupportedMediaType(TTSError):
@@ -45,15 +30,23 @@ class UnsupportedMediaType(TTSError):
     code = "unsupported_media_type"
 
 
-def read_body(req: Request | None = None) -> tuple[dict[str, Any], dict[str, FileStorage]]:
-    """Return (fields, files) from a JSON, multipart or url-encoded body; an empty body gives empty dicts.
+def read_body(accepted: tuple[str, ...], req: Request | None = None) -> tuple[dict[str, Any], dict[str, FileStorage]]:
+    """Return (fields, files) of a body in one of the `accepted` media types; an empty body gives empty dicts.
 
-    Raises UnsupportedMediaType for other content types and InvalidInput for JSON that does not parse or is
-    not an object.
+    JSON comes as application/json (or a +json type), forms as multipart/form-data or
+    application/x-www-form-urlencoded. Raises UnsupportedMediaType for a type not accepted and InvalidInput for
+    JSON that does not parse or is not an object.
     """
     req = req or request
     mimetype = req.mimetype or ""
-    if mimetype == "application/json" or mimetype.endswith("+json"):
+    kind = "application/json" if mimetype.endswith("+json") else mimetype
+    if not mimetype and not req.get_data(cache=True):
+        return {}, {}
+    if kind not in accepted:
+        raise UnsupportedMediaType(
+            f"content type {mimetype or 'none'!r} is not accepted here; send {' or '.join(accepted)}"
+        )
+    if kind == "application/json":
         raw = req.get_data(cache=True)
         if not raw.strip():
             return {}, {}
@@ -64,89 +57,8 @@ def read_body(req: Request | None = None) -> tuple[dict[str, Any], dict[str, Fil
         if not isinstance(body, dict):
             raise InvalidInput('the JSON body must be an object such as {"text": "..."}', field="body")
         return body, {}
-    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        fields = {key: req.form.get(key) for key in req.form}
-        return fields, {key: req.files[key] for key in req.files}
-    if not mimetype and not req.get_data(cache=True):
-        return {}, {}
-    raise UnsupportedMediaType(
-        f"content type {mimetype or 'none'!r} is not accepted here; send application/json or multipart/form-data"
-    )
-
-
-def parse_bool(value: object, field: str, *, default: bool = False) -> bool:
-    """Read a JSON boolean or a form/query string such as 'true' / '0'."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise InvalidInput(f"{field} must be true or false, got {value!r}", field=field)
-
-
-def parse_number(value: object, field: str, kind: type = float) -> float | int | None:
-    """Read a JSON number or a numeric form string; None and "" mean 'not given'."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        raise InvalidInput(f"{field} must be a number, got a boolean", field=field)
-    try:
-        number = float(value) if not isinstance(value, int | float) else value
-    except (TypeError, ValueError) as e:
-        raise InvalidInput(f"{field} must be a number, got {str(value)[:40]!r}", field=field) from e
-    if not math.isfinite(number):
-        raise InvalidInput(f"{field} must be a finite number, got {value!r}", field=field)
-    if kind is int:
-        if not float(number).is_integer():
-            raise InvalidInput(f"{field} must be a whole number, got {value!r}", field=field)
-        return int(number)
-    return float(number)
-
-
-def parse_text(value: object, field: str, *, required: bool = False) -> str | None:
-    if value is None or value == "":
-        if required:
-            raise InvalidInput(f"{field} is missing; give it as a string", field=field)
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field} must be a string, got {type(value).__name__}", field=field)
-    return value
-
-
-def parse_generation_params(fields: Mapping[str, Any]) -> GenerationParams:
-    """Build GenerationParams from request fields; the service validates ranges (and names the field)."""
-    values = {name: parse_number(fields.get(name), name, kind) for name, kind in GENERATION_FIELDS.items()}
-    params = GenerationParams(**values)
-    params.validate()
-    return params
-
-
-def parse_sample_rate(value: object, field: str = "sample_rate") -> int | None:
-    rate = parse_number(value, field, int)
-    if rate is None:
-        return None
-    if rate not in ALLOWED_SAMPLE_RATES:
-        allowed = ", ".join(str(r) for r in ALLOWED_SAMPLE_RATES)
-        raise InvalidInput(f"sample_rate {rate} is not supported; use one of {allowed}", field=field)
-    return int(rate)
-
-
-def read_audio_field(
-    fields: Mapping[str, Any],
-    files: Mapping[str, FileStorage],
-    field: str,
-    settings: Settings,
-    *,
-    required: bool = False,
-) -> bytes | None:
-    """One audio argument of a REST body: an uploaded file, or base64 / a data: URI in the field of that name.
-
-    Read by `faces.inputs.read_audio`, the reader MCP uses too, so both accept exactly the same encodings.
-    """
-    upload = files.get(field)
-    given = AudioInput(upload=upload.read() if upload is not None else None, base64_text=fields.get(field) or None)
-    return read_audio(given, field=field, max_bytes=settings.max_upload_bytes, required=required)
+    fields = {key: req.form.get(key) for key in req.form}
+    return fields, {key: req.files[key] for key in req.files}
 
 
 def header_text(value: str) -> str:

@@ -1,18 +1,17 @@
 """The REST face's response models: pydantic models that shape the JSON answers and generate the spec.
 
-`definitions()` turns them into the `definitions` of /apispec_1.json, so the documented schema and the answer
-come from one place and cannot drift. The spec is Swagger 2.0 (flasgger's format for the YAML in the route
-docstrings), which has no `null` type: an optional field becomes its type plus `x-nullable: true`, the extension
-Swagger 2.0 tools (schemathesis among them) read for it.
+Each route names its answers' models in its `@operation` (faces/rest/openapi.py), which puts their JSON schemas
+into /apispec_1.json; the route passes its answer through `shaped()` with the same model, so the documented
+schema and the answer come from one place and cannot drift.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
-from llasa.types import GPUStatus, SynthesisFacts
+from llasa.types import SynthesisFacts
 
 
 class _Model(BaseModel):
@@ -105,53 +104,93 @@ class Voice(_Model):
     warnings: list[str] = Field(description="what to check after create/edit, e.g. a transcript redone after a trim")
 
 
-MODELS: tuple[type[BaseModel], ...] = (Error, SynthesisFacts, Output, TTSJsonResponse, Job, Transcription, Voice)
+class Health(_Model):
+    """GET /health."""
+
+    status: str = Field(examples=["ok"])
+    version: str
+    device: str
+    models: dict[str, str] = Field(description="the state of each model: unloaded, loading, gpu or cpu")
+    queue_depth: int
 
 
-def shaped(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
-    """`data` checked against `model` and dumped back: an answer that does not match its schema is a bug (500)."""
-    return model.model_validate(data).model_dump(mode="json")
+class Ready(_Model):
+    """GET /ready while the service accepts work."""
+
+    ready: bool
+    queue_depth: int
+    max_queue: int
 
 
-def definitions() -> dict[str, Any]:
-    """The Swagger 2.0 `definitions` of every response model (and the typed GPU status), from pydantic."""
-    found: dict[str, Any] = {}
-    schemas = [(model.__name__, model.model_json_schema(ref_template="#/definitions/{model}")) for model in MODELS]
-    gpu = TypeAdapter(GPUStatus).json_schema(ref_template="#/definitions/{model}")
-    schemas.append(("GPUStatus", gpu))
-    for name, schema in schemas:
-        for inner_name, inner in schema.pop("$defs", {}).items():
-            found[inner_name] = _swagger2(inner)
-        found[name] = _swagger2(schema)
-    return found
+class ModelCard(_Model):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str = Field(description="the checkpoint that serves it")
 
 
-def _swagger2(schema: Any) -> Any:
-    """JSON Schema (pydantic) -> Swagger 2.0's subset: `anyOf [X, null]` -> X + x-nullable, `const` -> enum."""
-    if isinstance(schema, list):
-        return [_swagger2(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    # A null default is what "optional" already says; Swagger 2.0 validators would read it against the type.
-    out = {
-        key: _swagger2(value)
-        for key, value in schema.items()
-        if key not in ("title", "examples") and not (key == "default" and value is None)
-    }
-    if schema.get("examples"):
-        out["example"] = schema["examples"][0]
-    options = out.get("anyOf")
-    if options is not None:
-        kept = [option for option in options if option.get("type") != "null"]
-        if len(kept) == 1 and len(kept) < len(options):
-            del out["anyOf"]
-            inner = kept[0]
-            if "$ref" in inner:
-                # Swagger 2.0 ignores siblings of $ref: wrap it so the nullable flag counts.
-                out["allOf"] = [inner]
-            else:
-                out.update(inner)
-            out["x-nullable"] = True
-    if "const" in out:
-        out["enum"] = [out.pop("const")]
-    return out
+class ModelList(_Model):
+    """GET /v1/models."""
+
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class VoiceList(_Model):
+    """GET /v1/audio/voices."""
+
+    object: Literal["list"]
+    data: list[Voice]
+
+
+class VoiceDeleted(_Model):
+    """DELETE /v1/audio/voices/{voice_id}."""
+
+    id: str
+    object: Literal["audio.voice.deleted"]
+    deleted: bool
+
+
+class SpeechEvent(BaseModel):
+    """One server-sent event of POST /v1/audio/speech with stream_format=sse, as an event-stream reader sees it."""
+
+    event: str | None = Field(None, description="not sent (readers call it 'message')")
+    data: str = Field(
+        description=(
+            'JSON: {"type": "speech.audio.delta", "audio": <base64 chunk>}, then {"type": "speech.audio.done", '
+            '"duration_s"}, or {"type": "error", "error": {"code", "message"}} when it fails after the first chunk'
+        )
+    )
+
+
+class VerboseSegment(_Model):
+    """A segment of verbose_json, in OpenAI's shape (the scores are neutral: the core does not keep them)."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class OpenAITranscription(_Model):
+    """POST /v1/audio/transcriptions: {"text"} for json; every field for verbose_json."""
+
+    task: Literal["transcribe"] | None = None
+    language: str | None = None
+    duration: float | None = None
+    text: str
+    segments: list[VerboseSegment] | None = None
+
+
+def shaped(model: type[BaseModel], data: dict[str, Any], *, exclude_unset: bool = False) -> dict[str, Any]:
+    """`data` checked against `model` and dumped back: an answer that does not match its schema is a bug (500).
+
+    `exclude_unset` leaves out the optional fields `data` does not have, instead of sending them as null."""
+    return model.model_validate(data).model_dump(mode="json", exclude_unset=exclude_unset)

@@ -6,7 +6,8 @@ The steps are HF's definitions, in HF's order (`GenerationMixin._get_logits_proc
 the raw logits, over every token of the prompt and of the output), temperature, top-k, top-p (the smallest set
 reaching top_p, at least one token kept), softmax, one `torch.multinomial` draw from the row's own
 `torch.Generator`. Rows whose parameters switch a step off (penalty 1, temperature 1, top_k 0, top_p 1) skip it
-as HF's processor list does; temperature 0 and top_k 1 are greedy (argmax, no random draw).
+as HF's processor list does; temperature 0 (or below 1e-5, as in vLLM) and top_k 1 are greedy (argmax, no
+random draw).
 
 Two shortcuts keep the distribution and change only the cost (and so which token a given seed picks, compared
 with HF `generate`): tokens outside the window have probability 0 under the speech-only mask, so they are never
@@ -113,7 +114,8 @@ def _apply_repetition_penalty(scores: torch.Tensor, rows: list[RowState]) -> Non
 
 
 def _apply_temperature(scores: torch.Tensor, rows: list[RowState]) -> None:
-    temps = [r.params.temperature if r.params.temperature not in (0.0, 1.0) else 1.0 for r in rows]
+    # Greedy rows take the argmax, which no temperature changes (and a tiny one would overflow the logits).
+    temps = [1.0 if r.params.greedy else r.params.temperature for r in rows]
     if any(t != 1.0 for t in temps):
         scores /= torch.tensor(temps, dtype=scores.dtype, device=scores.device)[:, None]
 

@@ -24,6 +24,10 @@ from typing import Protocol
 
 from llasa.errors import InvalidInput
 
+#: Temperatures below this sample greedily (argmax), as vLLM does (its `_SAMPLING_EPS`): logits divided by a smaller
+#: one overflow float32 to inf, and a softmax over inf is nan.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -33,7 +37,7 @@ class SamplingParams:
     """
 
     temperature: float = 0.8
-    """Softmax temperature; 0 means greedy (argmax)."""
+    """Softmax temperature; 0 (or anything below GREEDY_BELOW_TEMPERATURE) means greedy (argmax)."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1.0 = off)."""
     top_k: int = 50
@@ -61,7 +65,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW_TEMPERATURE or self.top_k == 1
 
 
 class FinishReason(enum.StrEnum):

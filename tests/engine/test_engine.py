@@ -147,6 +147,9 @@ def hf_greedy_codes(model: Any, ids: prompt.SpeechTokenIds, prompt_ids: list[int
     [
         SamplingParams(temperature=0.8, top_k=1, seed=3, max_new_tokens=30),
         SamplingParams(temperature=0.0, top_k=0, seed=4, max_new_tokens=30),
+        # a temperature too small to divide by (the logits would overflow to inf, the softmax to nan): greedy
+        SamplingParams(temperature=5e-324, top_k=0, seed=7, max_new_tokens=30),
+        SamplingParams(temperature=1e-6, top_k=50, seed=8, max_new_tokens=30),
         # top_p so small that only the most likely token is left: greedy through the top-p path, with a draw
         SamplingParams(temperature=1.0, top_k=0, top_p=1e-9, seed=5, max_new_tokens=30),
         SamplingParams(temperature=1.0, top_k=40, top_p=1e-9, seed=6, max_new_tokens=30),

@@ -144,7 +144,10 @@ def test_api_key_guards_every_route_but_health(make_settings: Callable[..., Sett
         # (a bearer security definition) sends the key with the calls made from it.
         spec = requests.get(url + "/apispec_1.json", timeout=TIMEOUT_S)
         assert spec.status_code == 200
-        assert spec.json()["securityDefinitions"]["bearer"]["name"] == "Authorization"
+        bearer = spec.json()["components"]["securitySchemes"]["bearer"]
+        assert (bearer["type"], bearer["scheme"]) == ("http", "bearer")  # the UI adds "Bearer " to the key
+        assert spec.json()["security"] == [{"bearer": []}]
+        assert spec.json()["paths"]["/health"]["get"]["security"] == []  # what needs no key says so
         ui = requests.get(url + "/apidocs/", timeout=TIMEOUT_S)
         assert ui.status_code == 200
         static = sorted(set(re.findall(r'(/flasgger_static/[^"\']+)', ui.text)))

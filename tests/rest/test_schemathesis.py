@@ -3,7 +3,8 @@
 schemathesis lives in its own virtualenv (its pins need not match the service's): ./test_all.sh installs it and
 passes its path in LLASA_SCHEMATHESIS. A bounded number of examples per operation keeps the run short; the run
 must find no server error and no answer that disagrees with the spec (status code, content type, headers, body
-schema). The spec's definitions are generated from faces/rest/schemas.py, so this also checks those models.
+schema). The spec is generated from the routes' request and response models (faces/rest/openapi.py), so this
+also checks those models against what the server really does.
 """
 
 from __future__ import annotations

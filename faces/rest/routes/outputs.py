@@ -6,9 +6,8 @@ import logging
 
 from flask import Blueprint, Response, send_file
 
-from faces.rest.common import (
-    api_context,
-)
+from faces.rest.common import api_context
+from faces.rest.openapi import AUDIO_CONTENT, Reply, operation
 from llasa.audio import AUDIO_FORMATS
 from llasa.outputs import FORMAT_EXTENSIONS
 
@@ -21,28 +20,14 @@ _EXTENSION_FORMATS = {ext: fmt for fmt, ext in FORMAT_EXTENSIONS.items()}
 
 
 @bp.get("/api/outputs/<path:output_id>")
+@operation(
+    "speech",
+    path={"output_id": "<32 hex digits>.<ext> from a json or job response"},
+    responses={200: Reply("the audio file", AUDIO_CONTENT)},
+    errors=(404,),
+)
 def download_output(output_id: str) -> Response:
-    """Download a generated audio file (kept for OUTPUT_TTL_HOURS).
-    ---
-    tags: [speech]
-    produces: [audio/wav, audio/flac, audio/mpeg, audio/ogg, audio/aac, audio/pcm, application/json]
-    parameters:
-      - in: path
-        name: output_id
-        type: string
-        required: true
-        description: <32 hex digits>.<ext> from a json or job response
-    responses:
-      200:
-        description: the audio file
-        schema: {type: string, format: binary}
-      401:
-        description: missing or wrong API key
-        schema: {$ref: '#/definitions/Error'}
-      404:
-        description: unknown, expired or malformed id (ids never leave OUTPUT_DIR)
-        schema: {$ref: '#/definitions/Error'}
-    """
+    """Download a generated audio file (kept for OUTPUT_TTL_HOURS); ids never lead out of OUTPUT_DIR."""
     ctx = api_context()
     path = ctx.service.output_path(output_id)
     fmt = _EXTENSION_FORMATS.get(path.suffix.lstrip("."), "wav")

@@ -12,17 +12,11 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from faces.rest.audio import MAX_SPEED, MIN_SPEED, OPENAI_SAMPLE_RATE, StreamEncoder, time_stretch
-from faces.rest.common import (
-    ApiContext,
-    DisconnectWatch,
-    api_context,
-    parse_generation_params,
-    parse_number,
-    parse_text,
-    read_body,
-    synthesis_headers,
-)
+from faces.rest.audio import OPENAI_SAMPLE_RATE, StreamEncoder, time_stretch
+from faces.rest.common import ApiContext, DisconnectWatch, api_context, synthesis_headers
+from faces.rest.openapi import AUDIO_CONTENT, JSON, SYNTHESIS_HEADERS, Reply, operation
+from faces.rest.request_models import SpeechBody, VoiceRef
+from faces.rest.schemas import SpeechEvent
 from llasa.audio import AUDIO_FORMATS, encode_audio
 from llasa.errors import Cancelled, InvalidInput, TTSError, VoiceNotFound
 from llasa.outputs import FORMAT_EXTENSIONS
@@ -38,18 +32,13 @@ OPENAI_VOICES = frozenset(
 )
 
 
-OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
-
-
-def resolve_voice(value: object) -> str | None:
+def resolve_voice(voice: str | VoiceRef | None) -> str | None:
+    """The saved voice a speech request names; None for the model's own voice (no voice, or a built-in name)."""
     ctx = api_context()
-    if isinstance(value, dict):
-        value = value.get("id")
-    if value is None or value == "":
+    name = voice.id if isinstance(voice, VoiceRef) else voice
+    if not name:
         return None
-    if not isinstance(value, str):
-        raise InvalidInput('voice must be a name or an object {"id": "<name>"}', field="voice")
-    name = value.strip()
+    name = name.strip()
     try:
         return ctx.service.get_voice(name).name
     except VoiceNotFound:
@@ -64,104 +53,39 @@ def resolve_voice(value: object) -> str | None:
         raise InvalidInput(e.message, field="voice") from e
 
 
-# Long only on paper: ~70 of its lines are the Swagger YAML in the docstring.
 @bp.post("/v1/audio/speech")
-def speech() -> Response:
+@operation(
+    "openai",
+    body=SpeechBody,
+    media=(JSON,),
+    responses={
+        200: Reply(
+            "audio in response_format at 24 kHz (pcm: raw s16le mono), or server-sent events with base64 audio",
+            {**AUDIO_CONTENT, "text/event-stream": SpeechEvent},
+            SYNTHESIS_HEADERS,
+        )
+    },
+    errors=(400, 404, 415, 429, 499, 500, 503),
+)
+def speech(body: SpeechBody) -> Response:
     """Generate speech (OpenAI-compatible): the whole file, a raw audio stream, or server-sent events.
     Extra fields beyond OpenAI's (seed, temperature, top_p, top_k, repetition_penalty, max_audio_seconds,
-    language) tune the generation.
-    ---
-    tags: [openai]
-    consumes: [application/json]
-    produces: [audio/mpeg, audio/ogg, audio/aac, audio/flac, audio/wav, audio/pcm, text/event-stream, application/json]
-    parameters:
-      - in: body
-        name: body
-        required: true
-        schema:
-          type: object
-          required: [input]
-          properties:
-            model: {type: string, example: tts-1, description: 'any id of GET /v1/models (all mean Llasa)'}
-            input: {type: string, description: 'the text to speak (at most MAX_TEXT_CHARS)'}
-            voice:
-              description: >-
-                a string (a saved voice name, or an OpenAI built-in name such as alloy: the model's own voice
-                unless a saved voice has that name) or an object {"id": "<saved voice name>"}; no type is
-                declared because Swagger 2.0 cannot say "string or object"
-              example: alloy
-            instructions: {type: string, description: accepted and ignored}
-            response_format: {type: string, enum: [mp3, opus, aac, flac, wav, pcm], default: mp3}
-            speed: {type: number, minimum: 0.25, maximum: 4.0, default: 1.0}
-            stream_format: {type: string, enum: [audio, sse], description: 'omit for the whole file at once'}
-            seed: {type: integer}
-            temperature: {type: number}
-            top_p: {type: number}
-            top_k: {type: integer}
-            repetition_penalty: {type: number}
-            max_audio_seconds: {type: number}
-            language: {type: string}
-    responses:
-      200:
-        description: 'audio in response_format at 24 kHz (pcm: raw s16le mono), or SSE events with base64 audio'
-        schema: {type: string, format: binary}
-      400:
-        description: a bad field (the error names it)
-        schema: {$ref: '#/definitions/Error'}
-      401:
-        description: missing or wrong API key
-        schema: {$ref: '#/definitions/Error'}
-      404:
-        description: unknown voice
-        schema: {$ref: '#/definitions/Error'}
-      415:
-        description: body that is not JSON
-        schema: {$ref: '#/definitions/Error'}
-      429:
-        description: MAX_QUEUE requests already wait for the GPU (see Retry-After)
-        schema: {$ref: '#/definitions/Error'}
-      499:
-        description: the client disconnected and the synthesis was stopped
-        schema: {$ref: '#/definitions/Error'}
-      500:
-        description: the model produced nothing usable, or an internal error
-        schema: {$ref: '#/definitions/Error'}
-      503:
-        description: the GPU stayed busy too long, or a model cannot be loaded
-        schema: {$ref: '#/definitions/Error'}
-    """
+    language) tune the generation."""
     ctx = api_context()
-    fields, files = read_body()
-    if files:
-        raise InvalidInput("send /v1/audio/speech as a JSON object, not as a file upload", field="body")
-    parse_text(fields.get("model"), "model")
-    parse_text(fields.get("instructions"), "instructions")
-    fmt = fields.get("response_format") or "mp3"
-    if fmt not in OPENAI_FORMATS:
-        raise InvalidInput(
-            f"response_format {fmt!r} is not supported; use one of {', '.join(OPENAI_FORMATS)}",
-            field="response_format",
-        )
-    speed = parse_number(fields.get("speed"), "speed")
-    speed = 1.0 if speed is None else float(speed)
-    if not MIN_SPEED <= speed <= MAX_SPEED:
-        raise InvalidInput(f"speed is {speed:g}; it must be between {MIN_SPEED} and {MAX_SPEED}", field="speed")
-    stream_format = fields.get("stream_format")
-    if stream_format not in (None, "", "audio", "sse"):
-        raise InvalidInput(f"stream_format {stream_format!r} is not supported; use audio or sse", field="stream_format")
-    endpoint = {"sse": "speech_sse", "audio": "speech_stream"}.get(stream_format or "", "speech")
+    endpoint = {"sse": "speech_sse", "audio": "speech_stream"}.get(body.stream_format or "", "speech")
     synthesis = SynthesisRequest(
-        text=parse_text(fields.get("input"), "input", required=True),
-        voice=resolve_voice(fields.get("voice")),
-        language=parse_text(fields.get("language"), "language"),
-        params=parse_generation_params(fields),
+        text=body.input,
+        voice=resolve_voice(body.voice),
+        language=body.language,
+        params=body.generation_params(),
         surface="rest",
         endpoint=endpoint,
     )
-    if stream_format:
-        return _stream_speech(ctx, synthesis, fmt=fmt, speed=speed, sse=stream_format == "sse")
+    fmt = body.response_format
+    if body.stream_format:
+        return _stream_speech(ctx, synthesis, fmt=fmt, speed=body.speed, sse=body.stream_format == "sse")
     result = ctx.synthesize(synthesis)
-    audio = time_stretch(result.audio, result.sample_rate, speed)
+    audio = time_stretch(result.audio, result.sample_rate, body.speed)
     data = encode_audio(audio, result.sample_rate, fmt, target_sample_rate=OPENAI_SAMPLE_RATE)
     headers = synthesis_headers(result, sample_rate=OPENAI_SAMPLE_RATE, fmt=fmt)
     headers["X-Audio-Duration-S"] = f"{len(audio) / result.sample_rate:.3f}"

@@ -7,22 +7,18 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from faces.rest.common import (
-    api_context,
-    parse_text,
-    read_audio_field,
-    read_body,
-)
-from faces.rest.schemas import Transcription, shaped
-from llasa.errors import InvalidInput
+from faces.rest.common import api_context
+from faces.rest.openapi import JSON, Reply, operation
+from faces.rest.request_models import TranscribeBody, TranscriptionsBody
+from faces.rest.schemas import OpenAITranscription, Transcription, shaped
 from llasa.types import TranscriptionRequest, TranscriptionResult
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("transcriptions", __name__)
 
-
-TRANSCRIPTION_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+#: What a transcription may fail with: a bad field, an upload too big, unreadable audio, a busy or broken GPU.
+TRANSCRIPTION_ERRORS = (400, 413, 415, 429, 499, 500, 503)
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -73,124 +69,48 @@ def _verbose_json(result: TranscriptionResult) -> dict[str, Any]:
 
 
 @bp.post("/api/transcribe")
-def transcribe() -> Response:
+@operation(
+    "speech",
+    body=TranscribeBody,
+    responses={200: Reply("the transcript with its segments", {JSON: Transcription})},
+    errors=TRANSCRIPTION_ERRORS,
+)
+def transcribe(body: TranscribeBody) -> Response:
     """Transcribe speech in an uploaded audio file with faster-whisper.
-    A JSON body works too, with `audio` as base64 text or a data: URL (same fields, same limits).
-    ---
-    tags: [speech]
-    consumes: [multipart/form-data, application/json]
-    parameters:
-      - in: formData
-        name: audio
-        type: file
-        required: true
-        description: audio file (wav, flac, mp3, ogg/opus, m4a, webm); in a JSON body, base64 text or a data URL
-      - in: formData
-        name: language
-        type: string
-        required: false
-        description: language code such as en or zh; omit or auto to detect
-    responses:
-      200:
-        description: the transcript with its segments
-        schema: {$ref: '#/definitions/Transcription'}
-      400:
-        description: missing audio, bad language code, or audio too short
-        schema: {$ref: '#/definitions/Error'}
-      401:
-        description: missing or wrong API key
-        schema: {$ref: '#/definitions/Error'}
-      413:
-        description: upload over MAX_UPLOAD_MB
-        schema: {$ref: '#/definitions/Error'}
-      415:
-        description: unreadable audio, or a body that is not multipart
-        schema: {$ref: '#/definitions/Error'}
-      429:
-        description: too many requests wait for the GPU (see Retry-After)
-        schema: {$ref: '#/definitions/Error'}
-      503:
-        description: the GPU stayed busy too long, or a model cannot be loaded
-        schema: {$ref: '#/definitions/Error'}
-    """
+    A JSON body works too, with `audio` as base64 text or a data: URL (same fields, same limits)."""
     ctx = api_context()
-    fields, files = read_body()
-    audio = read_audio_field(fields, files, "audio", ctx.settings, required=True)
-    language = parse_text(fields.get("language"), "language")
-    result = ctx.service.transcribe(TranscriptionRequest(audio, language, surface="rest", endpoint="transcribe"))
-    return jsonify(shaped(Transcription, result.to_dict()))
+    transcription = TranscriptionRequest(body.audio, body.language, surface="rest", endpoint="transcribe")
+    return jsonify(shaped(Transcription, ctx.service.transcribe(transcription).to_dict()))
 
 
 @bp.post("/v1/audio/transcriptions")
-def transcriptions() -> Response:
-    """Transcribe audio (OpenAI-compatible): json, text, srt, vtt or verbose_json.
-    A JSON body works too, with `file` as base64 text or a data: URL (same fields, same limits).
-    ---
-    tags: [openai]
-    consumes: [multipart/form-data, application/json]
-    parameters:
-      - in: formData
-        name: file
-        type: file
-        required: true
-        description: audio file (wav, flac, mp3, ogg, m4a, webm); in a JSON body, base64 text or a data URL
-      - in: formData
-        name: model
-        type: string
-        required: false
-        description: whisper-1 or any id; the configured Whisper is used
-      - in: formData
-        name: language
-        type: string
-        required: false
-        description: ISO-639-1 code such as en or zh; omit to detect
-      - in: formData
-        name: response_format
-        type: string
-        enum: [json, text, srt, vtt, verbose_json]
-        required: false
-      - {in: formData, name: prompt, type: string, required: false, description: accepted and ignored}
-      - {in: formData, name: temperature, type: number, required: false, description: accepted and ignored}
-    responses:
-      200:
-        description: 'the transcript: {"text"} for json, plain text for text/srt/vtt, segments for verbose_json'
-        schema: {type: object, properties: {text: {type: string}}}
-      400:
-        description: missing file, bad language or response_format
-        schema: {$ref: '#/definitions/Error'}
-      401:
-        description: missing or wrong API key
-        schema: {$ref: '#/definitions/Error'}
-      413:
-        description: upload over MAX_UPLOAD_MB
-        schema: {$ref: '#/definitions/Error'}
-      415:
-        description: unreadable audio, or a body that is not multipart
-        schema: {$ref: '#/definitions/Error'}
-      429:
-        description: too many requests wait for the GPU (see Retry-After)
-        schema: {$ref: '#/definitions/Error'}
-      503:
-        description: the GPU stayed busy too long, or a model cannot be loaded
-        schema: {$ref: '#/definitions/Error'}
-    """
-    ctx = api_context()
-    fields, files = read_body()
-    fmt = fields.get("response_format") or "json"
-    if fmt not in TRANSCRIPTION_FORMATS:
-        raise InvalidInput(
-            f"response_format {fmt!r} is not supported; use one of {', '.join(TRANSCRIPTION_FORMATS)}",
-            field="response_format",
+@operation(
+    "openai",
+    body=TranscriptionsBody,
+    responses={
+        200: Reply(
+            'the transcript: {"text"} for json, segments too for verbose_json, plain text for text, srt and vtt',
+            {
+                JSON: OpenAITranscription,
+                "text/plain": {"type": "string"},
+                "application/x-subrip": {"type": "string"},
+                "text/vtt": {"type": "string"},
+            },
         )
-    audio = read_audio_field(fields, files, "file", ctx.settings, required=True)
-    language = parse_text(fields.get("language"), "language")
-    result = ctx.service.transcribe(
-        TranscriptionRequest(audio, language, surface="rest", endpoint="openai_transcriptions")
-    )
+    },
+    errors=TRANSCRIPTION_ERRORS,
+)
+def transcriptions(body: TranscriptionsBody) -> Response:
+    """Transcribe audio (OpenAI-compatible): json, text, srt, vtt or verbose_json.
+    A JSON body works too, with `file` as base64 text or a data: URL (same fields, same limits)."""
+    ctx = api_context()
+    transcription = TranscriptionRequest(body.file, body.language, surface="rest", endpoint="openai_transcriptions")
+    result = ctx.service.transcribe(transcription)
+    fmt = body.response_format
     if fmt == "json":
-        return jsonify({"text": result.text})
+        return jsonify(shaped(OpenAITranscription, {"text": result.text}, exclude_unset=True))
     if fmt == "verbose_json":
-        return jsonify(_verbose_json(result))
-    body = result.text if fmt == "text" else format_subtitles(result, fmt)
+        return jsonify(shaped(OpenAITranscription, _verbose_json(result), exclude_unset=True))
+    text = result.text if fmt == "text" else format_subtitles(result, fmt)
     mimetype = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}[fmt]
-    return Response(body, mimetype=mimetype)
+    return Response(text, mimetype=mimetype)
