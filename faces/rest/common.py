@@ -6,6 +6,7 @@ its answers back into HTTP.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -18,6 +19,9 @@ from werkzeug.datastructures import FileStorage
 
 from llasa.config import Settings
 from llasa.errors import InvalidInput, TTSError
+from llasa.quality.captions import render_captions
+from llasa.quality.transcript import TimedWord
+from llasa.text import join_texts
 from llasa.types import SynthesisRequest, SynthesisResult
 
 logger = logging.getLogger(__name__)
@@ -88,6 +92,26 @@ def synthesis_headers(result: SynthesisResult, *, sample_rate: int, fmt: str) ->
     return headers
 
 
+def captions_headers(ctx: ApiContext, result: SynthesisResult, *, speed: float = 1.0) -> dict[str, str]:
+    """With captions asked for: they are kept as a file beside the audio, X-Captions-URL says where; and every
+    chunk's takes (X-Takes: "1,3" = chunk 2 needed three). `speed` (OpenAI's tempo change) rescales the times."""
+    headers = {"X-Takes": ",".join(str(report.attempts) for report in result.chunk_reports)}
+    captions = captions_at_speed(result, speed)
+    if captions is not None and result.caption_format is not None:
+        saved = ctx.service.outputs.save_captions(captions, result.caption_format)
+        headers["X-Captions-URL"] = output_url(saved.id)
+    return headers
+
+
+def captions_at_speed(result: SynthesisResult, speed: float) -> str | None:
+    """The result's captions for its audio played `speed` times faster (OpenAI's `speed`: same pitch, new tempo)."""
+    if result.captions is None or result.caption_format is None or speed == 1.0 or result.words is None:
+        return result.captions
+    words = [TimedWord(w.word, round(w.start_s / speed, 3), round(w.end_s / speed, 3)) for w in result.words]
+    text = functools.reduce(join_texts, [report.text for report in result.chunk_reports])
+    return render_captions(result.caption_format, text, words)
+
+
 #: Headers a browser page may read from a cross-origin response (flask-cors `expose_headers`).
 EXPOSED_HEADERS = [
     "X-Audio-Duration-S",
@@ -103,6 +127,8 @@ EXPOSED_HEADERS = [
     "X-Timings-S",
     "X-Real-Time-Factor",
     "X-Warnings",
+    "X-Takes",
+    "X-Captions-URL",
     "X-Output-Id",
     "Retry-After",
     "Location",

@@ -65,6 +65,8 @@ SYNTHESIS_HEADERS = {
     "X-Reference-Text": ({"type": "string"}, "transcript the model was conditioned on (percent-encoded UTF-8)"),
     "X-Timings-S": ({"type": "string"}, "JSON seconds per stage: load, transcribe, encode, generate, decode, total"),
     "X-Real-Time-Factor": ({"type": "number"}, "wall time over audio time"),
+    "X-Takes": ({"type": "string"}, "takes each chunk needed, comma-separated (1 = the first passed)"),
+    "X-Captions-URL": ({"type": "string"}, "with captions: where to download them (GET /api/outputs/<id>)"),
 }
 
 #: A schema of an answer: a model (or a dataclass pydantic reads), or a raw OpenAPI schema.

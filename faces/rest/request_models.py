@@ -179,6 +179,21 @@ class GenerationFields(RequestModel):
         )
 
 
+class SynthesisFields(GenerationFields):
+    """Generation parameters plus the quality checks (docs/quality.md)."""
+
+    verify: bool | None = Field(
+        None,
+        description=(
+            "transcribe every chunk and make it again when misread (VERIFY_MAX_CER, QUALITY_RETRIES); "
+            "default VERIFY_DEFAULT"
+        ),
+    )
+    captions: Annotated[Literal["srt", "vtt", "json"] | None, BeforeValidator(_lower)] = Field(
+        None, description="word-timed captions of the audio: srt, vtt or json [{word, start_s, end_s}]"
+    )
+
+
 class TTSQuery(RequestModel):
     """The query of POST /api/tts."""
 
@@ -188,7 +203,7 @@ class TTSQuery(RequestModel):
     )
 
 
-class TTSBody(GenerationFields):
+class TTSBody(SynthesisFields):
     """POST /api/tts: a form (reference_audio as a file) or JSON (reference_audio as base64 text)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "Hello! This is my cloned voice.", "seed": 42}]})
@@ -218,7 +233,7 @@ class VoiceRef(RequestModel):
     id: str | None = Field(None, description="a saved voice name")
 
 
-class SpeechBody(GenerationFields):
+class SpeechBody(SynthesisFields):
     """POST /v1/audio/speech (OpenAI's fields, then this service's generation fields)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"model": "tts-1", "input": "Hello.", "voice": "alloy"}]})

@@ -158,8 +158,11 @@ class SpeechEvent(BaseModel):
     event: str | None = Field(None, description="not sent (readers call it 'message')")
     data: str = Field(
         description=(
-            'JSON: {"type": "speech.audio.delta", "audio": <base64 chunk>}, then {"type": "speech.audio.done", '
-            '"duration_s"}, or {"type": "error", "error": {"code", "message"}} when it fails after the first chunk'
+            'JSON: {"type": "speech.audio.delta", "audio": <base64 chunk>}; with verify or captions, after each '
+            'chunk\'s audio {"type": "speech.chunk.checked", "chunk_index", "attempts", "kept_attempt", "problems", '
+            '"transcript", "error_rate", "words"?: [{"word", "start_s", "end_s"}]}; then {"type": '
+            '"speech.audio.done", "duration_s", "captions"?, "caption_format"?, "warnings"?}, or {"type": "error", '
+            '"error": {"code", "message"}} when it fails after the first chunk'
         )
     )
 

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, send_file
 from faces.rest.common import api_context
 from faces.rest.openapi import AUDIO_CONTENT, Reply, operation
 from llasa.audio import AUDIO_FORMATS
-from llasa.outputs import FORMAT_EXTENSIONS
+from llasa.outputs import CAPTION_MIME_TYPES, FORMAT_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +23,19 @@ _EXTENSION_FORMATS = {ext: fmt for fmt, ext in FORMAT_EXTENSIONS.items()}
 @operation(
     "speech",
     path={"output_id": "<32 hex digits>.<ext> from a json or job response"},
-    responses={200: Reply("the audio file", AUDIO_CONTENT)},
+    responses={
+        200: Reply(
+            "the audio file (or captions: srt, vtt, json)",
+            {**AUDIO_CONTENT, **{mime: {"type": "string"} for mime in CAPTION_MIME_TYPES.values()}},
+        )
+    },
     errors=(404,),
 )
 def download_output(output_id: str) -> Response:
-    """Download a generated audio file (kept for OUTPUT_TTL_HOURS); ids never lead out of OUTPUT_DIR."""
+    """Download a generated audio or captions file (kept for OUTPUT_TTL_HOURS); ids never lead out of
+    OUTPUT_DIR."""
     ctx = api_context()
     path = ctx.service.output_path(output_id)
-    fmt = _EXTENSION_FORMATS.get(path.suffix.lstrip("."), "wav")
-    return send_file(path, mimetype=AUDIO_FORMATS.get(fmt), download_name=path.name, conditional=True)
+    extension = path.suffix.lstrip(".")
+    mimetype = CAPTION_MIME_TYPES.get(extension) or AUDIO_FORMATS.get(_EXTENSION_FORMATS.get(extension, "wav"))
+    return send_file(path, mimetype=mimetype, download_name=path.name, conditional=True)

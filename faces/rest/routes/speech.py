@@ -13,14 +13,21 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from faces.rest.audio import OPENAI_SAMPLE_RATE, StreamEncoder, time_stretch
-from faces.rest.common import ApiContext, DisconnectWatch, api_context, synthesis_headers
+from faces.rest.common import (
+    ApiContext,
+    DisconnectWatch,
+    api_context,
+    captions_at_speed,
+    captions_headers,
+    synthesis_headers,
+)
 from faces.rest.openapi import AUDIO_CONTENT, JSON, SYNTHESIS_HEADERS, Reply, operation
 from faces.rest.request_models import SpeechBody, VoiceRef
 from faces.rest.schemas import SpeechEvent
 from llasa.audio import AUDIO_FORMATS, encode_audio
 from llasa.errors import Cancelled, InvalidInput, TTSError, VoiceNotFound
 from llasa.outputs import FORMAT_EXTENSIONS
-from llasa.types import SAMPLE_RATE, SynthesisRequest
+from llasa.types import SAMPLE_RATE, AudioPiece, ChunkReport, SynthesisRequest, SynthesisResult
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +77,7 @@ def resolve_voice(voice: str | VoiceRef | None) -> str | None:
 def speech(body: SpeechBody) -> Response:
     """Generate speech (OpenAI-compatible): the whole file, a raw audio stream, or server-sent events.
     Extra fields beyond OpenAI's (seed, temperature, top_p, top_k, repetition_penalty, max_audio_seconds,
-    language) tune the generation."""
+    language) tune the generation; verify and captions check it and time its words (docs/quality.md)."""
     ctx = api_context()
     endpoint = {"sse": "speech_sse", "audio": "speech_stream"}.get(body.stream_format or "", "speech")
     synthesis = SynthesisRequest(
@@ -80,8 +87,16 @@ def speech(body: SpeechBody) -> Response:
         params=body.generation_params(),
         surface="rest",
         endpoint=endpoint,
+        verify=body.verify,
+        captions=body.captions,
     )
     fmt = body.response_format
+    if body.stream_format == "audio" and synthesis.captions:
+        raise InvalidInput(
+            "captions cannot travel in a raw audio stream; use stream_format=sse (captions come as events) or omit "
+            "stream_format (the captions are linked in X-Captions-URL)",
+            field="captions",
+        )
     if body.stream_format:
         return _stream_speech(ctx, synthesis, fmt=fmt, speed=body.speed, sse=body.stream_format == "sse")
     result = ctx.synthesize(synthesis)
@@ -89,6 +104,7 @@ def speech(body: SpeechBody) -> Response:
     data = encode_audio(audio, result.sample_rate, fmt, target_sample_rate=OPENAI_SAMPLE_RATE)
     headers = synthesis_headers(result, sample_rate=OPENAI_SAMPLE_RATE, fmt=fmt)
     headers["X-Audio-Duration-S"] = f"{len(audio) / result.sample_rate:.3f}"
+    headers.update(captions_headers(ctx, result, speed=body.speed))
     headers["Content-Disposition"] = f'inline; filename="speech.{FORMAT_EXTENSIONS[fmt]}"'
     return Response(data, mimetype=AUDIO_FORMATS[fmt], headers=headers)
 
@@ -109,30 +125,18 @@ def _stream_speech(ctx: ApiContext, synthesis: SynthesisRequest, *, fmt: str, sp
         watch.stop()
         raise
     encoder = StreamEncoder(fmt, SAMPLE_RATE, output_rate=OPENAI_SAMPLE_RATE, speed=speed)
-
-    def sse_event(payload: dict[str, Any]) -> bytes:
-        return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+    wire = _Wire(encoder, sse=sse, speed=speed)
 
     def body() -> Iterator[bytes]:
         outcome = "cancelled"
-        samples_in = 0
         try:
             for piece in itertools.chain([first], pieces):
-                samples_in += len(piece.audio)
-                data = encoder.push(piece.audio)
-                if piece.final:
-                    data += encoder.finish()
+                data = wire.piece(piece)
                 if data:
-                    yield (
-                        sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-                        if sse
-                        else data
-                    )
+                    yield data
             outcome = "ok"
             if sse:
-                yield sse_event(
-                    {"type": "speech.audio.done", "duration_s": round(encoder.samples_out / OPENAI_SAMPLE_RATE, 3)}
-                )
+                yield wire.done()
         except TTSError as e:
             outcome = "cancelled" if isinstance(e, Cancelled) else "error"
             logger.info("speech stream ended early: %s", e.message)
@@ -147,7 +151,7 @@ def _stream_speech(ctx: ApiContext, synthesis: SynthesisRequest, *, fmt: str, sp
         except Exception:
             # A bug, not the client leaving: count it as an error and keep the trace (the body is cut off).
             outcome = "error"
-            logger.exception("speech stream failed after %d samples", samples_in)
+            logger.exception("speech stream failed after %d samples", wire.samples_in)
             raise
         finally:
             # Also reached by GeneratorExit when the server closes the response because the client went away.
@@ -166,3 +170,64 @@ def _stream_speech(ctx: ApiContext, synthesis: SynthesisRequest, *, fmt: str, sp
         "X-Seed": "" if first.seed is None else str(first.seed),
     }
     return Response(body(), mimetype=mimetype, headers=headers)
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+class _Wire:
+    """Turns a synthesis stream's pieces into the response body: encoded audio (raw, or SSE delta events), each
+    chunk's check as an event (SSE only), and the closing event with the captions."""
+
+    def __init__(self, encoder: StreamEncoder, *, sse: bool, speed: float) -> None:
+        self.encoder = encoder
+        self.sse = sse
+        self.speed = speed
+        self.samples_in = 0
+        self.result: SynthesisResult | None = None
+
+    def piece(self, piece: AudioPiece) -> bytes:
+        if piece.report is not None:
+            return sse_event(_chunk_event(piece.report, self.speed)) if self.sse else b""
+        self.samples_in += len(piece.audio)
+        data = self.encoder.push(piece.audio)
+        if piece.final:
+            data += self.encoder.finish()
+            self.result = piece.result
+        if not data or not self.sse:
+            return data
+        return sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+
+    def done(self) -> bytes:
+        done: dict[str, Any] = {
+            "type": "speech.audio.done",
+            "duration_s": round(self.encoder.samples_out / OPENAI_SAMPLE_RATE, 3),
+        }
+        result = self.result
+        if result is not None and result.captions is not None:
+            done["captions"] = captions_at_speed(result, self.speed)
+            done["caption_format"] = result.caption_format
+        if result is not None and result.warnings:
+            done["warnings"] = result.warnings
+        return sse_event(done)
+
+
+def _chunk_event(report: ChunkReport, speed: float) -> dict[str, Any]:
+    """A chunk's check as an SSE event, sent after the chunk's audio: its takes and, with verify or captions,
+    what was heard and when each word is spoken (seconds of the stream's audio, after `speed`)."""
+    event: dict[str, Any] = {
+        "type": "speech.chunk.checked",
+        "chunk_index": report.index,
+        "attempts": report.attempts,
+        "kept_attempt": report.kept_attempt,
+        "problems": report.problems,
+        "transcript": report.transcript,
+        "error_rate": None if report.error_rate is None else round(report.error_rate, 4),
+    }
+    if report.words is not None:
+        event["words"] = [
+            {"word": w.word, "start_s": round(w.start_s / speed, 3), "end_s": round(w.end_s / speed, 3)}
+            for w in report.words
+        ]
+    return event

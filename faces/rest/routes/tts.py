@@ -6,7 +6,7 @@ import logging
 
 from flask import Blueprint, Response, jsonify
 
-from faces.rest.common import api_context, output_url, synthesis_headers
+from faces.rest.common import api_context, captions_headers, output_url, synthesis_headers
 from faces.rest.openapi import AUDIO_CONTENT, JSON, SYNTHESIS_HEADERS, Reply, operation
 from faces.rest.request_models import TTSBody, TTSQuery
 from faces.rest.schemas import Job, TTSJsonResponse, shaped
@@ -39,8 +39,9 @@ JOB_ID = {"job_id": "id from POST /api/tts?async=true"}
 def tts(query: TTSQuery, body: TTSBody) -> Response | tuple[Response, int]:
     """Synthesise speech, cloning the voice of a reference clip or a saved voice.
     Send a form (reference_audio as a file) or JSON (reference_audio as base64 text or a data: URL).
-    Returns the audio itself with X- headers (duration, sample rate, transcript used, timings); with
-    ?response=json the same facts and a download URL instead; with ?async=true a job (202)."""
+    Returns the audio itself with X- headers (duration, sample rate, transcript used, timings; with captions,
+    X-Captions-URL); with ?response=json the same facts (captions inline) and a download URL instead; with
+    ?async=true a job (202). verify and captions: docs/quality.md."""
     ctx = api_context()
     synthesis = SynthesisRequest(
         text=body.text,
@@ -51,6 +52,8 @@ def tts(query: TTSQuery, body: TTSBody) -> Response | tuple[Response, int]:
         params=body.generation_params(),
         surface="rest",
         endpoint="tts_job" if query.run_async else "tts",
+        verify=body.verify,
+        captions=body.captions,
     )
     fmt, sample_rate = body.format, body.sample_rate
     if query.run_async:
@@ -73,6 +76,7 @@ def tts(query: TTSQuery, body: TTSBody) -> Response | tuple[Response, int]:
         return jsonify(shaped(TTSJsonResponse, {"result": result.facts(), "output": output}))
     data = encode_audio(result.audio, result.sample_rate, fmt, target_sample_rate=sample_rate)
     headers = synthesis_headers(result, sample_rate=sample_rate or result.sample_rate, fmt=fmt)
+    headers.update(captions_headers(ctx, result))
     headers["Content-Disposition"] = f'inline; filename="speech.{FORMAT_EXTENSIONS[fmt]}"'
     return Response(data, mimetype=AUDIO_FORMATS[fmt], headers=headers)
 
