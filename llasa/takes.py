@@ -235,7 +235,9 @@ class TakeRunner:
         seed = take_seed(job.sampling.seed or 0, job.index, attempt, len(self.jobs))
         params = replace(job.sampling, seed=seed, max_new_tokens=min(cap, runon))
         stream = self.engine.submit(job.prompt_ids, params)
-        stream.add_update_callback(self._changed.set)
+        # Woken when a take ends (to judge it); the loop guard reads new codes on the wait's 50 ms tick, so the
+        # engine's thread does not hand this one the GIL for every code of every take.
+        stream.add_update_callback(lambda: self._changed.set() if stream.finished else None)
         take = Take(attempt, stream, LoopDetector(self.policy.limits), runon_limited=runon < cap)
         job.takes.append(take)
         return take

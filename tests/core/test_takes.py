@@ -63,7 +63,7 @@ class ScriptedEngine:
     `gate` holds every sequence until the test opens it (so a test sees what was submitted together); `order`
     lists seeds in the order their sequences are finished (a test may make later takes finish first)."""
 
-    def __init__(self, script: Callable[[int], tuple[list[int], bool]], *, codes_per_step: int = 10) -> None:
+    def __init__(self, script: Callable[[int], tuple[list[int], bool]], *, codes_per_step: int = 25) -> None:
         self.script = script
         self.codes_per_step = codes_per_step
         self.submitted: list[SamplingParams] = []
