@@ -315,6 +315,8 @@ class TTSService:
                     ):
                         if isinstance(item, ChunkReport):
                             reports.append(item)
+                            if plan.policy is None or not plan.policy.timed_words:
+                                continue  # sent only to those who asked for the checks (verify, captions)
                             yield AudioPiece(
                                 audio=np.zeros(0, np.float32),
                                 chunk_index=item.index,

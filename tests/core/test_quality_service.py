@@ -56,6 +56,14 @@ def test_a_plain_synthesis_makes_one_take_per_chunk_and_transcribes_nothing(serv
     assert result.num_codes == 50
 
 
+def test_a_plain_stream_sends_only_audio(service: TTSService) -> None:
+    pieces = list(service.synthesize_stream(SynthesisRequest(text=TEXT, params=SHORT)))
+    assert all(piece.report is None for piece in pieces)
+    result = pieces[-1].result
+    assert result is not None
+    assert [r.attempts for r in result.chunk_reports] == [1]  # the reports are still in the result
+
+
 def test_verify_with_a_whisper_that_hears_noise_retries_keeps_the_best_take_and_says_so(service: TTSService) -> None:
     result = service.synthesize(SynthesisRequest(text=TEXT, params=SHORT, verify=True))
     (report,) = result.chunk_reports
