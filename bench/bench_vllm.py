@@ -116,7 +116,7 @@ def start_server(models: Path, log_dir: Path, *, prefix_caching: bool) -> Any:
     from vllm_server import VLLMServer
 
     name = "prefix" if prefix_caching else "no-prefix"
-    server = VLLMServer(models / "llasa", log_dir / f"{name}.log", prefix_caching=prefix_caching).start()
+    server = VLLMServer(models / "llasa", log_dir / f"{name}.log", prefix_caching=prefix_caching, nice=0).start()
     started = time.perf_counter()
     server.wait_healthy()
     print(f"  vLLM ({name} caching) answered /health after {time.perf_counter() - started:.0f} s", flush=True)

@@ -11,7 +11,15 @@ flight; a replica that refuses a connection or answers with a server error is sk
 tried again. A failure before the first code moves the sequence to the next replica (nothing was lost); a failure
 after it ends the stream with ERROR and a `ModelUnavailable` naming the replica, never silently short.
 
+Each sequence streams on a thread of its own, started by one dispatcher thread: `submit()` returns without waiting
+for a thread to start (on a busy machine that took seconds per thread), so the submissions of a request's later
+chunks never hold back the first chunk's audio.
+
 Cancelling a stream closes its HTTP response; vLLM aborts a request whose client went away.
+
+A server the GPU manager manages (`lease`) is leased per sequence, from `submit()` until after its stream has
+ended: a sequence the caller holds unfinished always holds a lease, also before its thread has run (which can take
+seconds on a busy machine), so the manager never puts the server to sleep under it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import contextlib
 import itertools
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +75,17 @@ class Replica:
         }
 
 
+@dataclass
+class _Pending:
+    """A submitted sequence on its way to its thread: its stream, prompt, token limit and lease (held until the
+    stream has ended)."""
+
+    stream: CodeStream
+    prompt_ids: list[int]
+    max_tokens: int
+    lease: contextlib.ExitStack
+
+
 class _ReplicaFailed(Exception):
     """A replica could not take or finish a request (connection refused, server error, broken stream)."""
 
@@ -87,8 +107,8 @@ class VLLMBackend:
         name: str = "vllm",
         lease: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     ) -> None:
-        """`lease`, for a server the GPU manager manages: held while a sequence streams from it (so the manager
-        never puts it to sleep under a running request), and taking it wakes a sleeping server."""
+        """`lease`, for the one server the GPU manager manages: taken by `submit()` (which wakes a sleeping server,
+        so one that cannot wake refuses the submission) and held until the sequence's stream has ended."""
         cleaned = [url.strip().rstrip("/") for url in urls if url.strip()]
         if not cleaned:
             raise ValueError("VLLM_URL names no server: give one URL or several, comma-separated")
@@ -104,6 +124,9 @@ class VLLMBackend:
         self._ids = itertools.count(1)
         self._threads: set[threading.Thread] = set()
         self._streams: set[CodeStream] = set()
+        #: Sequences whose thread the dispatcher has yet to start; None (put by shutdown) stops it.
+        self._pending: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
         self._shutdown = False
         self._tokens = 0
         self._lease = lease
@@ -113,33 +136,38 @@ class VLLMBackend:
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> CodeStream:
         ids, params, room = prepare_submission(prompt_ids, params, self.context_tokens)
         with self._lock:
-            if self._shutdown:
-                raise Busy(f"{self.name} is shut down; no new sequences are accepted")
-            if not self._healthy_replicas():
-                raise self._all_down_error()
-            stream = CodeStream(next(self._ids), params, len(ids))
-            self._streams.add(stream)
-            worker = threading.Thread(
-                target=self._run,
-                args=(stream, ids, min(params.max_new_tokens, room)),
-                daemon=True,
-                name=f"{self.name}-seq-{stream.request_id}",
-            )
-            self._threads.add(worker)
-        worker.start()
+            self._refuse_new_sequences()
+        lease = self._take_lease()  # outside the lock: it may wait for the server to wake up
+        stream = CodeStream(next(self._ids), params, len(ids))
+        try:
+            with self._lock:
+                self._refuse_new_sequences()  # shut down while the lease was being taken
+                self._ensure_dispatcher()
+                self._streams.add(stream)
+                # Queued under the lock: always ahead of the stop mark that shutdown() queues.
+                self._pending.put(_Pending(stream, ids, min(params.max_new_tokens, room), lease))
+        except BaseException:
+            lease.close()
+            raise
         return stream
 
     def shutdown(self, *, wait: bool = True) -> None:
         with self._lock:
             self._shutdown = True
             streams = list(self._streams)
-            threads = list(self._threads)
+            dispatcher = self._dispatcher
+            self._pending.put(None)
         for stream in streams:
             stream.cancel()
-        if wait:
-            for worker in threads:
-                if worker is not threading.current_thread():
-                    worker.join(timeout=self._timeouts[0] + 5)
+        if not wait:
+            return
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join(timeout=self._timeouts[0] + 5)
+        with self._lock:  # complete now: the dispatcher has started every queued sequence
+            threads = list(self._threads)
+        for worker in threads:
+            if worker is not threading.current_thread():
+                worker.join(timeout=self._timeouts[0] + 5)
 
     # --- replicas ------------------------------------------------------------------------------------------------
 
@@ -182,6 +210,22 @@ class VLLMBackend:
             any_up = any_up or up
         return any_up
 
+    def _refuse_new_sequences(self) -> None:
+        """Raise if no sequence may start now: shut down, or every replica known to be down. Call under the lock."""
+        if self._shutdown:
+            raise Busy(f"{self.name} is shut down; no new sequences are accepted")
+        if not self._healthy_replicas():
+            raise self._all_down_error()
+
+    def _take_lease(self) -> contextlib.ExitStack:
+        """The sequence's lease on the managed server (an empty stack when none is managed); closing it ends it.
+        A server that cannot be woken up (or has no room to) refuses the submission with the manager's
+        ModelUnavailable, which says why."""
+        stack = contextlib.ExitStack()
+        if self._lease is not None:
+            stack.enter_context(self._lease())
+        return stack
+
     def _healthy_replicas(self) -> list[Replica]:
         now = self._clock()
         return [replica for replica in self.replicas if replica.failed_until <= now]
@@ -214,7 +258,42 @@ class VLLMBackend:
 
     # --- one sequence --------------------------------------------------------------------------------------------
 
-    def _run(self, stream: CodeStream, prompt_ids: list[int], max_tokens: int) -> None:
+    def _ensure_dispatcher(self) -> None:
+        """Start the dispatcher with the first sequence (under the lock)."""
+        if self._dispatcher is None:
+            dispatcher = threading.Thread(target=self._dispatch, name=f"{self.name}-dispatch", daemon=True)
+            dispatcher.start()
+            self._dispatcher = dispatcher
+
+    def _dispatch(self) -> None:
+        """Start each queued sequence's thread, in order, until shutdown's stop mark."""
+        while (pending := self._pending.get()) is not None:
+            stream = pending.stream
+            worker = threading.Thread(
+                target=self._run, args=(pending,), daemon=True, name=f"{self.name}-seq-{stream.request_id}"
+            )
+            with self._lock:
+                self._threads.add(worker)
+            try:
+                worker.start()
+            except RuntimeError as e:  # no thread to be had: this sequence fails, the next may get one
+                with self._lock:
+                    self._threads.discard(worker)
+                    self._streams.discard(stream)
+                stream.finish(FinishReason.ERROR, e)
+                pending.lease.close()
+
+    def _run(self, pending: _Pending) -> None:
+        try:
+            with pending.lease:  # ended only once the stream has ended, whatever ended it
+                self._generate(pending.stream, pending.prompt_ids, pending.max_tokens)
+        finally:
+            with self._lock:
+                self._streams.discard(pending.stream)
+                self._threads.discard(threading.current_thread())
+
+    def _generate(self, stream: CodeStream, prompt_ids: list[int], max_tokens: int) -> None:
+        """Run the sequence on a replica (the next one while nothing was delivered) and end its stream."""
         tried: set[str] = set()
         try:
             while not stream.cancel_requested:
@@ -250,10 +329,6 @@ class VLLMBackend:
         except BaseException as e:  # never leave a reader blocked forever
             stream.finish(FinishReason.ERROR, e)
             raise
-        finally:
-            with self._lock:
-                self._streams.discard(stream)
-                self._threads.discard(threading.current_thread())
 
     def _model_name(self, replica: Replica, session: requests.Session) -> str:
         if replica.model is None:
@@ -291,13 +366,7 @@ class VLLMBackend:
         self, replica: Replica, stream: CodeStream, prompt_ids: list[int], max_tokens: int
     ) -> FinishReason:
         """Run one sequence on `replica`, pushing codes as they arrive; the reason it ended."""
-        with contextlib.ExitStack() as stack:
-            if self._lease is not None:
-                try:
-                    stack.enter_context(self._lease())
-                except TTSError as e:  # it could not be woken up: the replica's failure, not this request's
-                    raise _ReplicaFailed(str(e)) from e
-            session = stack.enter_context(self._session_factory())
+        with self._session_factory() as session:
             model = self._model_name(replica, session)
             body = self._request_body(model, prompt_ids, stream.params, max_tokens)
             try:

@@ -3,6 +3,7 @@ the speech-only logits processor, small requests, cancellation, replicas, and a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 import requests
 from vllm_server import VLLM_PYTHON, VLLMServer, free_port
 
-from llasa.engine.types import FinishReason, SamplingParams
+from llasa.engine.types import CodeStream, FinishReason, SamplingParams
 from llasa.engine.vllm_backend import VLLMBackend
 from llasa.errors import InvalidInput, ModelUnavailable
 from llasa.prompt import NUM_SPEECH_CODES, SpeechTokenIds, build_prompt_ids, lookup_token_ids
@@ -159,6 +160,41 @@ def test_cancel_mid_stream_aborts_the_request_on_the_server(
     while server.metric("vllm:num_requests_running") > 0:
         assert time.monotonic() < deadline, "vLLM kept generating for a client that went away"
         time.sleep(0.2)
+
+
+def test_a_sequence_holds_its_lease_from_submit_until_its_stream_has_ended(
+    server: VLLMServer, token_ids: SpeechTokenIds, prompt_ids: list[int]
+) -> None:
+    """A managed server's lease is taken by submit() itself (on the caller's thread) and ended only after the stream
+    has ended: a sequence the caller holds unfinished always holds one, so the GPU manager never puts the server to
+    sleep under it, however late its thread runs."""
+    taken_by: list[threading.Thread] = []
+    streams: list[CodeStream] = []
+    ended_when_released: list[bool] = []
+
+    @contextlib.contextmanager
+    def lease() -> Iterator[None]:
+        taken_by.append(threading.current_thread())
+        try:
+            yield
+        finally:
+            ended_when_released.append(streams[0].finished)
+
+    backend = VLLMBackend([server.url], token_ids, lease=lease)
+    try:
+        stream = backend.submit(prompt_ids, SamplingParams(seed=9, max_new_tokens=1500))
+        streams.append(stream)
+        assert taken_by == [threading.current_thread()]
+        assert len(stream.read_from(0)) >= 1
+        stream.cancel()
+        assert stream.wait() is FinishReason.CANCELLED
+        deadline = time.monotonic() + DEADLINE_S
+        while not ended_when_released:
+            assert time.monotonic() < deadline, "the lease was never ended"
+            time.sleep(0.05)
+        assert ended_when_released == [True]
+    finally:
+        backend.shutdown()
 
 
 def test_a_prompt_past_the_context_is_invalid(backend: VLLMBackend) -> None:

@@ -9,7 +9,11 @@ from collections.abc import Callable
 import pytest
 
 from llasa.config import Settings
+from llasa.engine.types import SamplingParams
+from llasa.engine.vllm_backend import VLLMBackend
+from llasa.errors import ModelUnavailable
 from llasa.models.vllm_server import is_local_url, reserved_bytes, vllm_managed
+from llasa.prompt import SpeechTokenIds
 from llasa.service import TTSService
 
 
@@ -63,3 +67,30 @@ def test_a_local_server_is_registered_unloaded_until_first_use(make_settings: Ca
 def test_the_reservation_comes_from_the_settings(make_settings: Callable[..., Settings]) -> None:
     assert reserved_bytes(make_settings(vllm_gpu_memory_gb=20), 80 * 10**9) == 20 * 10**9
     assert reserved_bytes(make_settings(vllm_gpu_memory_utilization=0.5), 80 * 10**9) == 40 * 10**9
+
+
+def test_a_server_that_cannot_wake_refuses_the_submission() -> None:
+    """The lease is taken by submit(): a managed server that cannot be woken up fails the submission at once with
+    the manager's error, and nothing is left running."""
+    attempts: list[str] = []
+
+    class Unwakeable:
+        def __enter__(self) -> None:
+            attempts.append("wake")
+            raise ModelUnavailable("the Llasa engine (vLLM at http://127.0.0.1:9) could not be woken up")
+
+        def __exit__(self, *exc_info: object) -> None:
+            raise AssertionError("a lease that was never taken was ended")
+
+    backend = VLLMBackend(["http://127.0.0.1:9"], SpeechTokenIds(10, 11, 100), lease=Unwakeable)
+    try:
+        with pytest.raises(ModelUnavailable, match="could not be woken up"):
+            backend.submit([1, 2, 3], SamplingParams(seed=1, max_new_tokens=5))
+        assert attempts == ["wake"]
+        assert backend.stats().running == 0
+        # whether the server is up is the manager's to say (its reload failed); a later submission asks again
+        with pytest.raises(ModelUnavailable):
+            backend.submit([1, 2, 3], SamplingParams(seed=1, max_new_tokens=5))
+        assert attempts == ["wake", "wake"]
+    finally:
+        backend.shutdown()

@@ -1,9 +1,11 @@
-"""The whole service with LLASA_ENGINE=vllm against one real vLLM server (vLLM's CPU build, tiny Llasa): the REST
-app over real HTTP (synthesis, streaming as audio and SSE, 8 concurrent clients, a hung-up stream, the server killed
-and restarted), one MCP `generate_speech` call and one gradio_client call through the same engine.
+"""The whole service with LLASA_ENGINE=vllm against real vLLM servers (vLLM's CPU build, tiny Llasa): the REST
+app over real HTTP (synthesis, streaming as audio and SSE, 8 concurrent clients, a hung-up stream, the GPU manager
+sleeping and waking the server), one MCP `generate_speech` call and one gradio_client call through the same engine;
+then two replicas behind one service, one of them frozen, killed and restarted.
 
-One vLLM server for the module, started once and restarted once (by the last test). Generation stays short: the
-tiny model samples until its length limit, so `max_audio_seconds` is the length of each answer.
+One vLLM server for the module, killed and restarted once (by the last tests), and a second one for the replica
+tests. Generation stays short: the tiny model samples until its length limit, so `max_audio_seconds` is the length
+of each answer.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from vllm_server import VLLM_PYTHON, VLLMServer, free_port
 
 from api_server import RunningServer, create_app
 from llasa.config import Settings
+from llasa.engine.types import CodeStream, FinishReason
 from llasa.errors import ModelUnavailable
 from llasa.gpu import DeviceMemory, MultiModelGPUManager
 from llasa.models.vllm_server import load_vllm_server
 from llasa.service import TTSService
+from llasa.units import CODES_PER_SECOND
 
 pytestmark = pytest.mark.skipif(
     not VLLM_PYTHON, reason="needs vLLM's CPU build: ./test_all.sh installs it and sets LLASA_VLLM_PYTHON"
@@ -130,6 +134,22 @@ def wav_seconds(response: requests.Response) -> tuple[np.ndarray, float]:
     return audio, len(audio) / rate
 
 
+def record_sequences(served: Served, monkeypatch: pytest.MonkeyPatch) -> list[CodeStream]:
+    """The code streams the service's engine hands out from now on, in order (its own submit, watched on the way
+    out): what a test reads to know which sequences are still in flight."""
+    engine = served.service._engine_backend()
+    submit = engine.submit
+    streams: list[CodeStream] = []
+
+    def recording_submit(*args: Any, **kwargs: Any) -> CodeStream:
+        stream = submit(*args, **kwargs)
+        streams.append(stream)
+        return stream
+
+    monkeypatch.setattr(engine, "submit", recording_submit)
+    return streams
+
+
 # --- synthesis ----------------------------------------------------------------------------------------------------
 
 
@@ -183,16 +203,24 @@ def test_eight_concurrent_requests_each_get_their_own_audio(served: Served) -> N
     assert engine.running == 0
 
 
-def test_a_hung_up_stream_frees_its_sequences_on_the_server(served: Served, vllm: VLLMServer) -> None:
+def test_a_hung_up_stream_frees_its_sequences_on_the_server(
+    served: Served, vllm: VLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sequences = record_sequences(served, monkeypatch)
+    finished = vllm.metric("vllm:request_success_total")
     response = served.post("/v1/audio/speech", json=LONG_STREAM, stream=True)
     assert response.status_code == 200, response.text
     assert next(response.iter_content(chunk_size=1024))
-    # several chunks of up to 1,000 codes each: they are still being sampled when the first audio arrives (vLLM
-    # refreshes its gauges on its own schedule, so poll)
-    wait_for(lambda: vllm.metric("vllm:num_requests_running") >= 1, "vLLM to report the running sequences")
     response.close()
-    wait_for(lambda: vllm.metric("vllm:num_requests_running") == 0, "vLLM to abort the abandoned sequences")
+
+    wait_for(lambda: all(s.finished for s in sequences), "the service to end the abandoned sequences")
+    # some were still being sampled when the client hung up (several chunks of 1,000 codes each)
+    assert any(s.finish_reason is FinishReason.CANCELLED for s in sequences)
     wait_for(lambda: served.service.engine_status().running == 0, "the client to forget them")
+    # and the server stopped sampling them: aborted, not run to their ends for nobody (vLLM counts the requests it
+    # finished, by any reason but an abort; its counters and gauges are updated together)
+    wait_for(lambda: vllm.metric("vllm:num_requests_running") == 0, "vLLM to abort the abandoned sequences")
+    assert vllm.metric("vllm:request_success_total") - finished < len(sequences)
 
 
 # --- the other faces, same engine ---------------------------------------------------------------------------------
@@ -262,11 +290,9 @@ def test_gradio_client_synthesizes_through_vllm(served: Served) -> None:
 # --- the GPU manager puts the local server to sleep and wakes it -------------------------------------------------
 
 
-@pytest.mark.skip(
-    reason="racy: in 2 of 5 full runs the lease/running checks right after the first audio saw 0 sequences in "
-    "flight; the managed-vLLM lease timing needs a look (issue 13 stays open)"
-)
-def test_the_manager_sleeps_the_idle_server_and_a_request_wakes_it(served: Served, vllm: VLLMServer) -> None:
+def test_the_manager_sleeps_the_idle_server_and_a_request_wakes_it(
+    served: Served, vllm: VLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manager = served.service.manager
     assert "vllm" in manager.model_names  # 127.0.0.1 is this host: managed (VLLM_MANAGED=auto)
     _, first = tts(served, 2, 0.1)
@@ -278,19 +304,24 @@ def test_the_manager_sleeps_the_idle_server_and_a_request_wakes_it(served: Serve
     assert (engine["managed"], engine["sleeping"]) == (True, True)
     before = served.get("/api/gpu/status").json()["models"]["vllm"]
 
+    sequences = record_sequences(served, monkeypatch)
     response = served.post("/v1/audio/speech", json={**LONG_STREAM, "seed": 8}, stream=True)
     assert response.status_code == 200, response.text
     assert next(response.iter_content(chunk_size=1024))
-    # a sequence in flight: awake, leased, and the idle offload does not touch it
-    assert vllm_is_sleeping(vllm) is False
-    assert manager.state_of("vllm") == "gpu"
-    assert served.service.manager.model_status("vllm")["leases"] >= 1
-    # vLLM refreshes its gauges on its own schedule: poll, the sequences run for many seconds of audio
-    wait_for(lambda: vllm.metric("vllm:num_requests_running") >= 1, "vLLM to report the running sequences")
+    # Sequences in flight: the server awake and leased, so the idle offload leaves it alone. Read first, then count
+    # the sequences still unfinished: each of those held its lease (taken by submit, ended after its stream ended)
+    # through all the readings, however late the first audio came.
+    state, leases, sleeping = manager.state_of("vllm"), manager.model_status("vllm")["leases"], vllm_is_sleeping(vllm)
+    in_flight = sum(not s.finished for s in sequences)
+    assert in_flight >= 1, "every sequence had ended before the readings: nothing in flight to check"
+    assert (state, sleeping) == ("gpu", False)
+    assert leases >= in_flight
     response.close()
 
+    wait_for(lambda: all(s.finished for s in sequences), "the service to end the abandoned sequences")
     wait_for(lambda: vllm.metric("vllm:num_requests_running") == 0, "vLLM to abort the abandoned sequences")
     wait_for(lambda: manager.state_of("vllm") == "cpu", "the manager to put the idle server back to sleep")
+    assert manager.model_status("vllm")["leases"] == 0
     assert vllm_is_sleeping(vllm) is True
     after = served.get("/api/gpu/status").json()["models"]["vllm"]
     assert after["reloads"] > before["reloads"]
@@ -348,33 +379,142 @@ def test_admission_puts_the_idle_server_to_sleep_to_make_room(settings: Settings
         requests.post(vllm.url + "/wake_up", timeout=TIMEOUT_S)  # leave it awake for the module's service
 
 
-# --- faults (last: restarts the module's server) ------------------------------------------------------------------
+# --- two replicas behind one service; faults (last: these kill and restart the module's server) -------------------
 
 
-def test_vllm_killed_gives_503_naming_the_engine_and_restarted_recovers(served: Served, vllm: VLLMServer) -> None:
+@pytest.fixture(scope="module")
+def second_vllm(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    """A second replica beside the module's server (idle, it takes ~1% of a core)."""
+    server = VLLMServer(tiny_models / "llasa", tmp_path_factory.mktemp("vllm-replica") / "server.log").start()
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def served_pair(
+    tiny_models: Path, vllm: VLLMServer, second_vllm: VLLMServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """A second service with VLLM_URL=<the module's server>,<the second one> (two replicas: neither is managed)."""
+    settings = tiny_settings(
+        tiny_models,
+        tmp_path_factory.mktemp("vllm-pair-root"),
+        llasa_engine="vllm",
+        vllm_url=f"{vllm.url},{second_vllm.url}",
+        max_audio_seconds=30.0,
+    )
+    instance = Served(settings)
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def replicas(served: Served) -> dict[str, dict[str, Any]]:
+    return {r["url"]: r for r in served.get("/api/gpu/status").json()["engine"]["replicas"]}
+
+
+def test_replicas_share_the_load_and_one_dying_mid_stream_fails_only_that_stream(
+    served: Served, served_pair: Served, vllm: VLLMServer, second_vllm: VLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas, A (the module's server) and B: a long stream goes to A (both idle: the first listed), and
+    while A holds it, frozen so it cannot finish, new requests go to B, the one with fewer sequences in flight.
+    Then A dies: its stream ends with an error event, never as short audio; requests keep succeeding on B and
+    /ready stays true, while the one-server service in front of A answers 503 naming the engine."""
+    a, b = vllm.url, second_vllm.url
+    # the one-server service manages A and may have put it to sleep; a sleeping vLLM holds requests until woken
+    requests.post(f"{a}/wake_up", timeout=TIMEOUT_S).raise_for_status()
     assert served.get("/ready").status_code == 200
-    vllm.kill()
+    assert served_pair.get("/ready").status_code == 200
+    sequences = record_sequences(served_pair, monkeypatch)
+    long_codes = 30 * CODES_PER_SECOND
+    frozen = threading.Event()
+    push = CodeStream.push
 
+    def push_then_freeze_a(stream: CodeStream, codes: list[int]) -> None:
+        # The fault, injected in the client's own thread as the long sequence's first audio window arrives: A
+        # hangs there, far from its 1,500 codes, however this process's threads are scheduled.
+        push(stream, codes)
+        first_window = served_pair.settings.stream_first_codes
+        if stream.params.max_new_tokens == long_codes and len(stream.codes) >= first_window and not frozen.is_set():
+            frozen.set()
+            vllm.freeze()
+
+    monkeypatch.setattr(CodeStream, "push", push_then_freeze_a)
+    one_take = {"input": "One long take.", "voice": "alloy", "response_format": "pcm", "stream_format": "sse"}
+    long = served_pair.post("/v1/audio/speech", json={**one_take, "max_audio_seconds": 30, "seed": 4}, stream=True)
+    assert long.status_code == 200, long.text
+    assert long.headers["X-Chunks"] == "1"
+    events = long.iter_lines(decode_unicode=True)
+    assert next(line for line in events if line.startswith("data: "))  # audio is flowing
+    (stream,) = sequences
+    assert frozen.is_set()
+    assert not stream.finished
+    assert (replicas(served_pair)[a]["outstanding"], replicas(served_pair)[b]["outstanding"]) == (1, 0)
+
+    completed = {url: r["completed"] for url, r in replicas(served_pair).items()}
+    for index in range(2):
+        _, response = tts(served_pair, 20 + index, 0.2)
+        assert wav_seconds(response)[1] == pytest.approx(0.2, abs=0.021)
+    now = replicas(served_pair)
+    assert (now[a]["completed"], now[b]["completed"]) == (completed[a], completed[b] + 2)
+    assert now[a]["outstanding"] == 1
+    assert not stream.finished
+
+    vllm.kill()
+    rest = [json.loads(line[6:]) for line in events if line.startswith("data: ")]
+    assert rest, "the stream ended without a word"
+    assert rest[-1]["type"] == "error"
+    assert rest[-1]["error"]["code"] == "model_unavailable"
+    assert a in rest[-1]["error"]["message"]
+    assert "incomplete" in rest[-1]["error"]["message"]
+    assert all(e["type"] == "speech.audio.delta" for e in rest[:-1])  # no "done": the audio is known short
+
+    # the survivor takes everything; the dead replica is skipped (an attempt on it fails before any code and moves
+    # on), and /ready stays true while one replica answers
+    for index in range(2):
+        _, response = tts(served_pair, 30 + index, 0.2)
+        assert wav_seconds(response)[1] == pytest.approx(0.2, abs=0.021)
+    assert served_pair.get("/ready").status_code == 200
+    now = replicas(served_pair)
+    assert (now[a]["healthy"], now[b]["healthy"]) == (False, True)
+    assert now[a]["failures"] >= 1
+    assert (now[a]["completed"], now[b]["completed"]) == (completed[a], completed[b] + 4)
+    assert (now[a]["outstanding"], now[b]["outstanding"]) == (0, 0)
+
+    # the one-server service in front of A: a clear 503 naming the engine, quickly, and /ready false
     response = served.post("/api/tts", data={"text": "Nobody serves this.", "max_audio_seconds": 0.2})
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "model_unavailable"
     assert "vLLM" in error["message"]
-    assert vllm.url in error["message"]
-    # known down now: the next request is refused before any connection is tried
+    assert a in error["message"]
     again = served.post("/v1/audio/speech", json={"input": "Still nobody.", "stream_format": "audio"})
     assert again.status_code == 503
     assert "vLLM" in again.json()["error"]["message"]
-
     ready = served.get("/ready")
     assert ready.status_code == 503
     assert ready.json()["error"]["code"] == "not_ready"
     assert "vllm" in ready.json()["error"]["message"]
     assert served.get("/api/gpu/status").json()["engine"]["ready"] is False
 
+
+def test_the_killed_server_restarted_is_used_again(served: Served, served_pair: Served, vllm: VLLMServer) -> None:
+    """Runs after the test above killed the module's server: restarted, both services recover without a restart
+    of their own, and the pair sends work to it again."""
+    vllm.kill()  # already dead, unless the test above stopped early (then it may be frozen)
     vllm.start()
     vllm.wait_healthy()
+    # the pair first: the one-server service manages A and puts it to sleep after its request, and a sleeping vLLM
+    # holds the requests it gets until it is woken up
+    wait_for(lambda: served_pair.get("/ready").status_code == 200 and replicas(served_pair)[vllm.url]["healthy"], "A")
+    completed = replicas(served_pair)[vllm.url]["completed"]
+    _, response = tts(served_pair, 40, 0.2)  # both idle: the first listed, A
+    assert wav_seconds(response)[1] == pytest.approx(0.2, abs=0.021)
+    assert replicas(served_pair)[vllm.url]["completed"] == completed + 1
+
     wait_for(lambda: served.get("/ready").status_code == 200, "/ready to recover")
     _, response = tts(served, 9, 0.2)
-    _, seconds = wav_seconds(response)
-    assert seconds == pytest.approx(0.2, abs=0.021)
+    assert wav_seconds(response)[1] == pytest.approx(0.2, abs=0.021)
