@@ -404,6 +404,8 @@ def served_pair(
         llasa_engine="vllm",
         vllm_url=f"{vllm.url},{second_vllm.url}",
         max_audio_seconds=30.0,
+        # the run-on guard would bound a short text's take to a few seconds; the long take must stay long
+        runon_slack_s=60.0,
     )
     instance = Served(settings)
     try:
