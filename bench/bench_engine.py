@@ -3,6 +3,7 @@
     python bench/bench_engine.py                                  # tiny checkpoints, CPU
     python bench/bench_engine.py --snr-grid                       # + streaming SNR over context / look-ahead
     python bench/bench_engine.py --device cuda --llasa-8b-shape   # random Llasa-8B-shaped model in bf16 (GPU)
+    python bench/bench_engine.py --engine vllm [bench_vllm.py's options]  # against a real vLLM server
 
 Part 1, throughput: at each concurrency N, N sequences (distinct prompts' seeds, `--new-tokens` each) submitted
 at once to `TransformersEngine`, against the same sequences run one after another through
@@ -332,6 +333,19 @@ def hf_continuous_batching(models: Path, subject: Subject, args: argparse.Namesp
 
 
 def main() -> None:
+    if "--engine" in sys.argv:
+        # `--engine vllm`: the embedded engine against a vLLM server on the same model (bench_vllm.py, its options)
+        position = sys.argv.index("--engine")
+        engine = sys.argv[position + 1] if position + 1 < len(sys.argv) else ""
+        if engine == "vllm":
+            sys.path.insert(0, str(REPO / "bench"))
+            import bench_vllm
+
+            bench_vllm.main(sys.argv[1:position] + sys.argv[position + 2 :])
+            return
+        del sys.argv[position : position + 2]
+        if engine != "transformers":
+            sys.exit(f"--engine: transformers (default) or vllm, not {engine!r}")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, help="folder with llasa/ and xcodec2/ (default: the tiny ones)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -1,4 +1,5 @@
-"""A real vLLM server (vLLM's CPU build, its own virtualenv) on the tiny Llasa checkpoint, for the tests.
+"""A real vLLM server (vLLM's CPU build, its own virtualenv) on the tiny Llasa checkpoint, for the tests (and, with
+`device="cuda"`, the GPU build for `bench/bench_vllm.py --device cuda`).
 
 `./test_all.sh` installs vLLM into a second virtualenv (`scripts/vllm_venv.sh`) and exports LLASA_VLLM_PYTHON;
 tests that need a server skip with that instruction when it is not set.
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import requests
@@ -21,6 +23,8 @@ PLUGINS = REPO / "vllm_plugins"
 VLLM_PYTHON = os.environ.get("LLASA_VLLM_PYTHON", "")
 #: The logits processor for vLLM's V1 model runner, the one its CPU build uses.
 CPU_LOGITS_PROCESSOR = "llasa_logits:SpeechOnlyLogitsProcessor"
+#: The one for Model Runner V2, the GPU build's default (as the compose profile names it).
+GPU_LOGITS_PROCESSOR = "llasa_logits:SpeechOnlyLogitsProcessorV2"
 START_DEADLINE_S = 300.0
 TEST_NICE = 19
 
@@ -42,17 +46,25 @@ class VLLMServer:
         *,
         prefix_caching: bool = True,
         nice: int = TEST_NICE,
+        device: str = "cpu",
+        extra_args: Sequence[str] = (),
     ) -> None:
         """`nice`: the CPU priority it runs at once healthy (every process and thread of it; it starts at normal
         priority, since starting takes ~30 s of CPU). The tests' default, 19, means that on a busy machine the
         server never outruns the test's own client threads, so a test that acts on a stream's first codes (cancels
         it, freezes or kills the server) acts long before the server could have finished. A benchmark comparing it
-        with the embedded engine passes 0."""
+        with the embedded engine passes 0.
+
+        `device="cuda"`: the GPU build as production runs it (CUDA graphs, sleep mode, Model Runner V2's logits
+        processor) instead of the CPU build's eager mode and KV-cache space. `extra_args` go on the command line
+        (e.g. `--load-format dummy`, `--gpu-memory-utilization 0.5`)."""
         self.model_dir = model_dir
         self.log_path = log_path
         self.port = port or free_port()
         self.prefix_caching = prefix_caching
         self.nice = nice
+        self.device = device
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,16 +72,18 @@ class VLLMServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> VLLMServer:
+        cpu = self.device == "cpu"
         env = {
             **os.environ,
             "PYTHONPATH": str(PLUGINS),
-            "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: plenty for the tiny model
             "VLLM_SERVER_DEV_MODE": "1",  # /sleep, /wake_up, /is_sleeping
             "VLLM_NO_USAGE_STATS": "1",
             "VLLM_DO_NOT_TRACK": "1",
             "HF_HUB_OFFLINE": "1",
         }
-        env.pop("OMP_NUM_THREADS", None)  # vLLM's CPU backend binds its own threads
+        if cpu:
+            env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB of KV cache: plenty for the tiny model
+            env.pop("OMP_NUM_THREADS", None)  # vLLM's CPU backend binds its own threads
         command = [
             VLLM_PYTHON,
             "-m",
@@ -84,10 +98,11 @@ class VLLMServer:
             "bfloat16",
             "--max-model-len",
             "2048",
-            "--enforce-eager",
             "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
             "--logits-processors",
-            CPU_LOGITS_PROCESSOR,
+            CPU_LOGITS_PROCESSOR if cpu else GPU_LOGITS_PROCESSOR,
+            *(["--enforce-eager"] if cpu else ["--enable-sleep-mode"]),
+            *self.extra_args,
         ]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
