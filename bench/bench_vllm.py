@@ -92,6 +92,23 @@ def throughput_rows(engines: dict[str, Any], subject: Any, args: argparse.Namesp
     return rows
 
 
+def one_token_request(model: str, prompt_ids: list[int], token_ids: Any) -> dict[str, Any]:
+    """A `/v1/completions` body sampling one speech token (a prefill), with the speech-only logits processor on."""
+    from llasa.prompt import NUM_SPEECH_CODES
+
+    return {
+        "model": model,
+        "prompt": prompt_ids,
+        "max_tokens": 1,
+        "seed": 1,
+        "vllm_xargs": {
+            "llasa_first_speech_id": token_ids.first_speech_id,
+            "llasa_num_speech": NUM_SPEECH_CODES,
+            "llasa_end_id": token_ids.speech_end_id,
+        },
+    }
+
+
 def prefill_latencies(url: str, tokenizer: Any, token_ids: Any, args: argparse.Namespace) -> dict[str, float]:
     """Median latency (s) of a max_tokens=1 completion: cold, the same prompt again, the same voice with new text."""
     from llasa.prompt import NUM_SPEECH_CODES, build_prompt_ids
@@ -103,17 +120,7 @@ def prefill_latencies(url: str, tokenizer: Any, token_ids: Any, args: argparse.N
         return [rng.randrange(NUM_SPEECH_CODES) for _ in range(args.reference_codes)]
 
     def prefill(prompt_ids: list[int]) -> float:
-        body = {
-            "model": model,
-            "prompt": prompt_ids,
-            "max_tokens": 1,
-            "seed": 1,
-            "vllm_xargs": {
-                "llasa_first_speech_id": token_ids.first_speech_id,
-                "llasa_num_speech": NUM_SPEECH_CODES,
-                "llasa_end_id": token_ids.speech_end_id,
-            },
-        }
+        body = one_token_request(model, prompt_ids, token_ids)
         started = time.perf_counter()
         response = requests.post(f"{url}/v1/completions", json=body, timeout=120)
         response.raise_for_status()
@@ -194,20 +201,8 @@ def device_memory_used_mib() -> float | None:
 def sleep_wake_rows(url: str, token_ids: Any, prompt_ids: list[int], cycles: int) -> list[tuple[str, str]]:
     """Time vLLM's sleep (level 1: weights to CPU RAM, KV cache dropped) and wake_up, and the first request after
     a wake; device memory awake and asleep."""
-    from llasa.prompt import NUM_SPEECH_CODES
-
     model = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
-    body = {
-        "model": model,
-        "prompt": prompt_ids,
-        "max_tokens": 1,
-        "seed": 1,
-        "vllm_xargs": {
-            "llasa_first_speech_id": token_ids.first_speech_id,
-            "llasa_num_speech": NUM_SPEECH_CODES,
-            "llasa_end_id": token_ids.speech_end_id,
-        },
-    }
+    body = one_token_request(model, prompt_ids, token_ids)
 
     def timed(method: str, path: str, **kwargs: Any) -> float:
         started = time.perf_counter()

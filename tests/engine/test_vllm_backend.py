@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from vllm_server import VLLM_PYTHON, VLLMServer, free_port
+from vllm_server import VLLM_PYTHON, VLLMServer, free_port, serving
 
 from llasa.engine.types import CodeStream, FinishReason, SamplingParams
 from llasa.engine.vllm_backend import VLLMBackend
@@ -47,12 +47,8 @@ def prompt_ids(tokenizer: Any) -> list[int]:
 @pytest.fixture(scope="module")
 def server(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    server = VLLMServer(tiny_models / "llasa", log).start()
-    try:
-        server.wait_healthy()
+    with serving(tiny_models / "llasa", log) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

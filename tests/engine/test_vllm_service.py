@@ -26,7 +26,7 @@ import pytest
 import requests
 import soundfile
 from conftest import tiny_settings
-from vllm_server import VLLM_PYTHON, VLLMServer, free_port
+from vllm_server import VLLM_PYTHON, VLLMServer, free_port, serving
 
 from api_server import RunningServer, create_app
 from llasa.config import Settings
@@ -90,12 +90,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def vllm(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
-    server = VLLMServer(tiny_models / "llasa", tmp_path_factory.mktemp("vllm-service") / "server.log").start()
-    try:
-        server.wait_healthy()
+    with serving(tiny_models / "llasa", tmp_path_factory.mktemp("vllm-service") / "server.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -385,12 +381,8 @@ def test_admission_puts_the_idle_server_to_sleep_to_make_room(settings: Settings
 @pytest.fixture(scope="module")
 def second_vllm(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
     """A second replica beside the module's server (idle, it takes ~1% of a core)."""
-    server = VLLMServer(tiny_models / "llasa", tmp_path_factory.mktemp("vllm-replica") / "server.log").start()
-    try:
-        server.wait_healthy()
+    with serving(tiny_models / "llasa", tmp_path_factory.mktemp("vllm-replica") / "server.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

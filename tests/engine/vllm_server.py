@@ -13,8 +13,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -166,3 +167,14 @@ class VLLMServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+@contextlib.contextmanager
+def serving(model_dir: Path, log_path: Path, **options: Any) -> Iterator[VLLMServer]:
+    """A started server, healthy, stopped on the way out (`options`: VLLMServer's keywords)."""
+    server = VLLMServer(model_dir, log_path, **options).start()
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
