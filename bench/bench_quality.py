@@ -36,14 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from engine_subjects import tiny_models  # noqa: E402
+
 TEXT = "The quick brown fox jumps over the lazy dog. 今天天气很好，我们去公园散步吧。"
-
-
-def _tiny_models() -> Path:
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_cached_tiny_models
-
-    return build_cached_tiny_models(Path(os.environ.get("LLASA_CACHE_DIR", Path.home() / ".cache" / "llasa-tts")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="audio per chunk (max_audio_seconds)")
     args = parser.parse_args(argv)
 
-    models = _tiny_models()
+    models = tiny_models()
     from conftest import tiny_settings
 
     from llasa.service import TTSService

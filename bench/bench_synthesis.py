@@ -27,14 +27,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from engine_subjects import tiny_models  # noqa: E402
+
 from llasa.types import SynthesisRequest  # noqa: E402
-
-
-def _tiny_models() -> Path:
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_cached_tiny_models
-
-    return build_cached_tiny_models(Path(os.environ.get("LLASA_CACHE_DIR", Path.home() / ".cache" / "llasa-tts")))
 
 
 def main() -> None:
@@ -55,7 +50,7 @@ def main() -> None:
     from llasa.service import TTSService
     from llasa.types import GenerationParams
 
-    models = args.models or (None if (args.llasa and args.xcodec2 and args.whisper) else _tiny_models())
+    models = args.models or (None if (args.llasa and args.xcodec2 and args.whisper) else tiny_models())
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-synthesis-{os.getpid()}"
     settings = Settings(
         _env_file=None,

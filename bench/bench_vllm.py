@@ -59,13 +59,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests" / "engine"))
 
-from bench_engine import (  # noqa: E402
+from engine_subjects import (  # noqa: E402
     CODES_PER_SECOND,
-    _engine_run,
-    _llasa_8b_subject,
-    _tiny_models,
-    _tiny_subject,
+    engine_run,
     first_window,
+    llasa_8b_subject,
+    tiny_models,
+    tiny_subject,
 )
 
 
@@ -77,7 +77,7 @@ def throughput_rows(engines: dict[str, Any], subject: Any, args: argparse.Namesp
         for r in range(args.runs):
             order = list(engines) if r % 2 == 0 else list(reversed(engines))
             for name in order:
-                tokens, seconds = _engine_run(engines[name], subject, n, args.new_tokens, r)
+                tokens, seconds = engine_run(engines[name], subject, n, args.new_tokens, r)
                 rates[name].append(tokens / seconds / CODES_PER_SECOND)
                 firsts[name].append(first_window(engines[name], subject, args.new_tokens, n)["first_s"])
         row: dict[str, Any] = {"n": n}
@@ -306,13 +306,13 @@ def main(argv: list[str] | None = None) -> None:
     from llasa.engine.vllm_backend import VLLMBackend
     from llasa.models import load_llasa_tokenizer
 
-    models = args.models or _tiny_models()
+    models = args.models or tiny_models()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     served = models / "llasa"
     if args.llasa_8b_shape:
         from bench_gpu_manager import LLASA_8B_CONFIG
 
-        served = config_only_checkpoint(_tiny_models() / "llasa", LLASA_8B_CONFIG, log_dir / "llasa-8b-shape")
+        served = config_only_checkpoint(tiny_models() / "llasa", LLASA_8B_CONFIG, log_dir / "llasa-8b-shape")
     tokenizer = load_llasa_tokenizer(Settings(_env_file=None, llasa_model=str(served)))
     gpu_name = torch.cuda.get_device_name(0) if gpu else "no GPU"
     print(f"# bench_vllm {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
@@ -333,13 +333,13 @@ def main(argv: list[str] | None = None) -> None:
         sleep_rows = sleep_wake_rows(server.url, token_ids, prompt, args.sleep_cycles)
 
         device = "cuda:0" if gpu else "cpu"
-        subject = _llasa_8b_subject(device) if args.llasa_8b_shape else _tiny_subject(models, device)
+        subject = llasa_8b_subject(device) if args.llasa_8b_shape else tiny_subject(models, device)
         model = subject.model
         embedded = TransformersEngine(lambda: contextlib.nullcontext(model), subject.token_ids, max_batch_sequences=64)
         vllm = VLLMBackend([server.url], subject.token_ids)
         engines = {"embedded": embedded, "vllm": vllm}
         for engine in engines.values():
-            _engine_run(engine, subject, 2, 8, 99)  # warm-up
+            engine_run(engine, subject, 2, 8, 99)  # warm-up
         subject.codec.decode((subject.reference_codes or [])[:20] + [0] * 40)
         print(f"\nthroughput ({args.new_tokens} new tokens per sequence, median of {args.runs} runs):")
         rows = throughput_rows(engines, subject, args)
