@@ -21,12 +21,13 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine_subjects import LLASA_8B_CONFIG
 
 from gpu_manager import (
     DeviceMemory,
@@ -39,33 +40,6 @@ from llasa.config import Settings
 
 GB = 1e9
 LAYER_DIM = 8192  # one synthetic bf16 layer = 8192 x 8192 x 2 B = 134 MB
-
-# Llasa-8B = Llama-3.1-8B-Instruct dimensions with the vocabulary extended by 65,536 speech tokens + controls.
-LLASA_8B_CONFIG: dict[str, Any] = {
-    "vocab_size": 193800,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "max_position_embeddings": 131072,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-    "attention_bias": False,
-    "mlp_bias": False,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-    "rope_parameters": {
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
-}
 
 
 class BenchModel:

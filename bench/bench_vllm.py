@@ -61,6 +61,7 @@ sys.path.insert(0, str(REPO / "tests" / "engine"))
 
 from engine_subjects import (  # noqa: E402
     CODES_PER_SECOND,
+    LLASA_8B_CONFIG,
     engine_run,
     first_window,
     llasa_8b_subject,
@@ -310,8 +311,6 @@ def main(argv: list[str] | None = None) -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     served = models / "llasa"
     if args.llasa_8b_shape:
-        from bench_gpu_manager import LLASA_8B_CONFIG
-
         served = config_only_checkpoint(tiny_models() / "llasa", LLASA_8B_CONFIG, log_dir / "llasa-8b-shape")
     tokenizer = load_llasa_tokenizer(Settings(_env_file=None, llasa_model=str(served)))
     gpu_name = torch.cuda.get_device_name(0) if gpu else "no GPU"

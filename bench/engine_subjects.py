@@ -68,23 +68,38 @@ def tiny_subject(models: Path, device: str) -> Subject:
     return Subject(llasa.model, llasa.token_ids, prompts, baseline, codec, reference)
 
 
+# Llasa-8B = Llama-3.1-8B-Instruct dimensions with the vocabulary extended by 65,536 speech tokens + controls.
+LLASA_8B_CONFIG: dict[str, Any] = {
+    "vocab_size": 193800,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "rope_parameters": {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+}
+
+
 def llasa_8b_config() -> Any:
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=14336,
-        vocab_size=193_800,
-        rope_theta=500_000.0,
-        max_position_embeddings=131_072,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        bos_token_id=128_000,
-        eos_token_id=128_001,
-    )
+    return LlamaConfig(**LLASA_8B_CONFIG)
 
 
 def llasa_8b_subject(device: str) -> Subject:
